@@ -1,0 +1,54 @@
+"""distribute_client: run Python functions on a pool-server's workers.
+
+    from distribute_client import compute_this
+
+    @compute_this()                 # server from $POOL_SERVER or 127.0.0.1:50051
+    def square(x):
+        return x * x
+
+    square(3).compute()             # 9, blocking
+    await square.async_run(3)       # 9, from asyncio code
+
+The path of one call through this package::
+
+    square(3) ──> RemoteFunction.__call__: bind arguments (TypeError here) ──> Call
+    Call.compute() ──> _sync.run_sync ─┐  (a private loop thread)
+    Call.async_run() ──────────────────┴─> _codec.encode_call (cloudpickle)
+        ──> _transport.run (gRPC Run; errors mapped to errors.PoolError)
+        ──> _codec.decode_outcome: replay stdout/stderr, return the value or
+            re-raise the remote exception with its remote traceback
+
+Who owns what: ``_remote`` the decorator and calls, ``_client`` questions
+about the server, ``_codec`` pickling, ``_transport`` channels and error
+translation, ``_sync`` blocking over async, ``errors`` the exception tree.
+"""
+
+from distribute_client._client import Client as Client
+from distribute_client._client import PoolStatus as PoolStatus
+from distribute_client._client import WorkerInfo as WorkerInfo
+from distribute_client._remote import Call as Call
+from distribute_client._remote import RemoteFunction as RemoteFunction
+from distribute_client._remote import compute_this as compute_this
+from distribute_client.errors import CallTimeoutError as CallTimeoutError
+from distribute_client.errors import PoolError as PoolError
+from distribute_client.errors import ProtocolError as ProtocolError
+from distribute_client.errors import RemoteError as RemoteError
+from distribute_client.errors import SerializationError as SerializationError
+from distribute_client.errors import ServerUnavailableError as ServerUnavailableError
+from distribute_client.errors import WorkerCrashedError as WorkerCrashedError
+
+__all__ = [
+    "Call",
+    "CallTimeoutError",
+    "Client",
+    "PoolError",
+    "PoolStatus",
+    "ProtocolError",
+    "RemoteError",
+    "RemoteFunction",
+    "SerializationError",
+    "ServerUnavailableError",
+    "WorkerCrashedError",
+    "WorkerInfo",
+    "compute_this",
+]

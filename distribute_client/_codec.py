@@ -1,0 +1,141 @@
+"""Turn a call into payload bytes, and an outcome back into a value or a raise.
+
+The function's own module travels by value (its code, helpers and globals are
+pickled), unless it is installed in site-packages or the standard library:
+scripts, notebooks and test modules need not exist on the server. Modules it
+imports travel by reference and must be importable there (see depmodules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import sysconfig
+import threading
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cloudpickle
+
+from distribute_client.errors import ProtocolError, RemoteError, SerializationError
+from worker_proc.payload import CallOutcome, CallRequest, OutcomeStatus, dumps, loads_outcome
+
+# cloudpickle's by-value registry is process-global: one call at a time may
+# register a module for the duration of its pickling.
+_by_value_lock = threading.Lock()
+
+_INSTALLED_PREFIXES = tuple(
+    os.path.realpath(sysconfig.get_paths()[key]) + os.sep
+    for key in ("stdlib", "platstdlib", "purelib", "platlib")
+)
+
+
+def module_by_value(function: Callable[..., Any]) -> types.ModuleType | None:
+    """The module to pickle by value with ``function``, if any."""
+    module = sys.modules.get(getattr(function, "__module__", None) or "")
+    if module is None or module.__name__ == "__main__":
+        return None  # __main__ is pickled by value already
+    path = getattr(module, "__file__", None)
+    if path is None or os.path.realpath(path).startswith(_INSTALLED_PREFIXES):
+        return None
+    return module
+
+
+def encode_call(
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    depmodules: tuple[str, ...],
+    by_value: types.ModuleType | None,
+) -> bytes:
+    name = getattr(function, "__qualname__", repr(function))
+    with _pickled_by_value(by_value):
+        try:
+            function_bytes = cloudpickle.dumps(function)
+        except Exception as e:
+            raise SerializationError(f"function {name} could not be pickled: {e}") from e
+        try:
+            argument_bytes = cloudpickle.dumps((args, kwargs))
+        except Exception as e:
+            culprit = _unpicklable_argument(args, kwargs)
+            raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
+    return dumps(CallRequest(function_bytes, argument_bytes, depmodules))
+
+
+@contextlib.contextmanager
+def _pickled_by_value(module: types.ModuleType | None) -> Iterator[None]:
+    if module is None:
+        yield
+        return
+    with _by_value_lock:
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            yield
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def _unpicklable_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    named = [(f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in named:
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return f"{label} ({type(value).__name__})"
+    return "an argument"
+
+
+def decode_outcome(data: bytes, name: str, where: str) -> Any:
+    """Replay captured output, then return the value or raise the error.
+
+    ``where`` says where it ran, e.g. "worker 2 (pid 812) of 127.0.0.1:50051".
+    """
+    try:
+        outcome = loads_outcome(data)
+    except Exception as e:
+        raise ProtocolError(
+            f"could not read the outcome of {name} from {where}: {e}; "
+            "are the client and server the same version?"
+        ) from e
+    if outcome.stdout:
+        sys.stdout.write(outcome.stdout)
+    if outcome.stderr:
+        sys.stderr.write(outcome.stderr)
+    if outcome.status is OutcomeStatus.RETURNED:
+        try:
+            return cloudpickle.loads(outcome.value)
+        except Exception as e:
+            raise SerializationError(
+                f"the return value of {name} could not be unpickled here: {e}; "
+                "return types defined only on the server cannot be rebuilt by the client"
+            ) from e
+    raise _error_for(outcome, name, where)
+
+
+def _error_for(outcome: CallOutcome, name: str, where: str) -> BaseException:
+    error = outcome.error
+    assert error is not None, outcome.status
+    if outcome.status is OutcomeStatus.BAD_REQUEST:
+        return SerializationError(
+            f"{where} could not unpickle the call to {name}: {error.message}; a module the "
+            "function or its arguments need is probably missing on the server: install it "
+            "there or name it in depmodules"
+        )
+    if outcome.status is OutcomeStatus.UNPICKLABLE_RESULT:
+        return SerializationError(f"{name} ran on {where}, but {error.message}")
+    try:
+        loaded: object = cloudpickle.loads(outcome.value) if outcome.value else None
+    except Exception:
+        loaded = None  # its class does not exist here
+    # Not an Exception: lost, or a SystemExit/KeyboardInterrupt that must not
+    # stop the caller's process.
+    exception = (
+        loaded
+        if isinstance(loaded, Exception)
+        else RemoteError(error.type_name, error.message, error.traceback)
+    )
+    exception.add_note(f"(raised by {name} on {where})")
+    return exception

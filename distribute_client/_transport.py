@@ -1,0 +1,136 @@
+"""gRPC channels and the one place where gRPC errors become PoolErrors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from distribute_client.errors import (
+    CallTimeoutError,
+    PoolError,
+    ProtocolError,
+    ServerUnavailableError,
+    WorkerCrashedError,
+)
+from pool_proto import pool_pb2, pool_pb2_grpc
+from worker_proc.protocol import MAX_PAYLOAD_BYTES
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+SERVER_ENV = "POOL_SERVER"
+
+_MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+)
+
+# Metadata keys set by pool_server/errors.py.
+_KIND_KEY = "pool-error"
+_WORKER_ID_KEY = "pool-worker-id"
+_EXIT_CODE_KEY = "pool-exit-code"
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a pool-server listens: ``host:port``, ``grpc://...`` or ``grpcs://...``."""
+
+    target: str
+    tls: bool
+
+    @classmethod
+    def parse(cls, server: str | None) -> Address:
+        text = server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+        tls = text.startswith("grpcs://")
+        target = text.removeprefix("grpcs://").removeprefix("grpc://")
+        host, sep, port = target.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(
+                f"server address {text!r} is not host:port, grpc://host:port or grpcs://host:port"
+            )
+        return cls(target, tls)
+
+    def __str__(self) -> str:
+        return f"grpcs://{self.target}" if self.tls else self.target
+
+
+# grpc.aio channels belong to the event loop that made them.
+_channels: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Address, pool_pb2_grpc.PoolStub]
+] = weakref.WeakKeyDictionary()
+
+
+def stub_for(address: Address) -> pool_pb2_grpc.PoolStub:
+    """A stub on a channel shared by every call to ``address`` on this loop."""
+    stubs = _channels.setdefault(asyncio.get_running_loop(), {})
+    stub = stubs.get(address)
+    if stub is None:
+        if address.tls:
+            channel = grpc.aio.secure_channel(
+                address.target, grpc.ssl_channel_credentials(), options=_CHANNEL_OPTIONS
+            )
+        else:
+            channel = grpc.aio.insecure_channel(address.target, options=_CHANNEL_OPTIONS)
+        stub = stubs[address] = pool_pb2_grpc.PoolStub(channel)
+    return stub
+
+
+async def run(address: Address, payload: bytes, deadline_s: float | None) -> pool_pb2.RunReply:
+    with map_rpc_errors(address, deadline_s):
+        reply: pool_pb2.RunReply = await stub_for(address).Run(
+            pool_pb2.RunRequest(payload=payload), timeout=deadline_s
+        )
+        return reply
+
+
+async def get_workers(address: Address, deadline_s: float | None) -> pool_pb2.GetWorkersReply:
+    with map_rpc_errors(address, deadline_s):
+        reply: pool_pb2.GetWorkersReply = await stub_for(address).GetWorkers(
+            pool_pb2.GetWorkersRequest(), timeout=deadline_s
+        )
+        return reply
+
+
+@contextlib.contextmanager
+def map_rpc_errors(address: Address, timeout: float | None) -> Iterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        raise _translate(e, address, timeout) from e
+
+
+def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | None) -> PoolError:
+    code, details = error.code(), error.details() or ""
+    metadata = {k: v for k, v in (error.trailing_metadata() or ()) if isinstance(v, str)}
+    kind = metadata.get(_KIND_KEY)
+    if kind == "worker-crashed":
+        exit_code = metadata.get(_EXIT_CODE_KEY)
+        worker_id = metadata.get(_WORKER_ID_KEY)
+        return WorkerCrashedError(
+            details,
+            exit_code=int(exit_code) if exit_code is not None else None,
+            worker_id=int(worker_id) if worker_id is not None else None,
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CallTimeoutError(
+            details if kind else f"the call did not finish within its {timeout:.3g} s timeout"
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if kind:
+            return ServerUnavailableError(f"{address}: {details}")
+        return ServerUnavailableError(
+            f"no pool-server answered at {address} ({details}); is it running? "
+            f"Start one with `pool-server`, or point {SERVER_ENV} at one"
+        )
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ProtocolError(f"{address} rejected the call: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return PoolError(
+            f"{address}: {details}; payloads and results are limited to {MAX_PAYLOAD_BYTES} bytes"
+        )
+    return PoolError(f"{address} answered {code.name}: {details}")

@@ -1,0 +1,25 @@
+"""pool-server: the daemon that runs clients' calls on a pool of workers.
+
+The path of one call through the server::
+
+    gRPC Run ──> service.PoolService._run ──> Job ──> JobQueue (bounded; put waits
+       ^                                                   │     when full)
+       │                                                   v
+       │        supervisor: one consumer per worker slot, takes a job when idle
+       │                                                   │
+       │        process.WorkerProcess: "JOB id b64" line ──> worker stdin
+       └── RunReply <── JobResult <── "RESULT id b64" line <── worker stdout
+
+Who owns what: ``config`` the settings, ``cli`` the command line, ``app``
+start-up, signals and shutdown, ``service`` gRPC and the mapping of
+``errors`` to statuses, ``queue`` the bounded job queue, ``jobs`` the job
+record, ``supervisor`` the slots' state machine, restarts and backoff,
+``process`` the I/O with one worker process. Payloads are opaque bytes here:
+the server never unpickles them.
+"""
+
+import os
+
+# The server forks only to exec workers, so grpc's fork handlers have nothing
+# to protect; left on, they log a warning for every worker (re)start.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")

@@ -1,0 +1,102 @@
+"""Run the daemon: the worker pool, the gRPC server, signals and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_server.config import ServerConfig
+from pool_server.service import PoolService
+from pool_server.supervisor import open_pool
+from worker_proc.protocol import MAX_PAYLOAD_BYTES
+
+log = logging.getLogger("pool_server")
+
+EXIT_OK = 0
+EXIT_BIND_FAILED = 3  # the address is taken or not ours to listen on
+EXIT_WORKERS_FAILED = 4  # the workers never became ready
+
+# How long the initial workers may take to say READY before the server gives
+# up and exits, instead of serving with a pool that cannot run anything.
+STARTUP_TIMEOUT_S = 60.0
+
+# Room for the payload plus the protobuf envelope.
+MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
+
+GRPC_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+)
+
+SERVICE_NAME = pool_pb2.DESCRIPTOR.services_by_name["Pool"].full_name
+
+
+def run(config: ServerConfig) -> int:
+    """Serve until SIGTERM or SIGINT; return the process exit code."""
+    code: int = uvloop.run(_serve(config))
+    return code
+
+
+async def _serve(config: ServerConfig) -> int:
+    started = time.monotonic()
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as e:
+        log.error("cannot listen on %s: %s", config.address, e)
+        return EXIT_BIND_FAILED
+
+    async with open_pool(config.workers, config.queue_size) as pool:
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await pool.wait_ready()
+        except TimeoutError:
+            log.error("workers not ready after %.0f s; see the errors above", STARTUP_TIMEOUT_S)
+            return EXIT_WORKERS_FAILED
+
+        service = PoolService(pool)
+        pool_pb2_grpc.add_PoolServicer_to_server(service, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        print(
+            f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
+            f"(pid {os.getpid()})",
+            flush=True,
+        )
+
+        await _wait_for_stop_signal()
+        log.info("stopping: refusing new calls, giving running calls %.3g s", config.grace)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace)
+
+    restarts = sum(w.restarts for w in pool.workers)
+    log.info(
+        "stopped after %.0f s: %d calls answered, %d failed, %d worker restarts",
+        time.monotonic() - started,
+        service.calls_answered,
+        service.calls_failed,
+        restarts,
+    )
+    return EXIT_OK
+
+
+async def _wait_for_stop_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)

@@ -1,0 +1,221 @@
+"""One worker subprocess: start-up handshake, job lines, pipes, termination.
+
+This module does the I/O with a single ``python -m worker_proc`` process and
+reports what happened; deciding what to do about it (restart, fail the job)
+is the supervisor's job. Both pipes from the worker are always drained: a
+full, unread 64 KiB stderr pipe would block the worker forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from worker_proc.protocol import (
+    MAX_LINE_BYTES,
+    PROTOCOL_VERSION,
+    JobOutcome,
+    JobRequest,
+    ProtocolError,
+    Ready,
+    decode_line,
+    encode,
+)
+
+log = logging.getLogger("pool_server.worker")
+
+# A new worker imports cloudpickle and tblib before it says READY; on a busy
+# 2-core machine starting many workers at once that can take seconds.
+READY_TIMEOUT_S = 30.0
+
+# After SIGTERM, how long a worker may clean up before SIGKILL. Short, since a
+# cancelled call's slot stays empty until the worker is gone.
+TERM_GRACE_S = 1.0
+
+# After EOF on its stdin at shutdown, how long an idle worker has to exit.
+STOP_GRACE_S = 5.0
+
+# How long to wait for a dead worker's pipes to close; a grandchild it forked
+# can hold them open forever.
+PIPE_DRAIN_TIMEOUT_S = 1.0
+
+# stderr is read in chunks and logged per line; longer lines are cut here.
+STDERR_CHUNK_BYTES = 64 * 1024
+
+WORKER_COMMAND = (sys.executable, "-m", "worker_proc")
+
+
+class WorkerStartError(Exception):
+    """A worker did not complete the READY handshake."""
+
+
+class WorkerDied(Exception):
+    """The worker closed its protocol channel (it exited) before answering."""
+
+
+class WorkerProcess:
+    """A started worker that has said READY."""
+
+    def __init__(self, worker_id: int, proc: asyncio.subprocess.Process) -> None:
+        self.worker_id = worker_id
+        self.pid = proc.pid
+        self._proc = proc
+        self._job_id = 0
+        self._reply: asyncio.Future[bytes] | None = None
+        # Both pipes are read for the whole life of the process; the stdout
+        # reader ending means the worker is gone (or broke the protocol).
+        self.gone: asyncio.Task[None] = asyncio.ensure_future(self._read_stdout())
+        self._stderr_reader = asyncio.ensure_future(self._read_stderr())
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess worker={self.worker_id} pid={self.pid} rc={self._proc.returncode}>"
+
+    @classmethod
+    async def start(cls, worker_id: int) -> WorkerProcess:
+        proc = await asyncio.create_subprocess_exec(
+            *WORKER_COMMAND,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=MAX_LINE_BYTES,
+            start_new_session=True,  # Ctrl-C in the server's terminal is the server's to handle
+        )
+        try:
+            await _handshake(proc)
+        except BaseException:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise
+        return cls(worker_id, proc)
+
+    async def run(
+        self, job_id: int, payload: bytes, abandoned: asyncio.Future[Any]
+    ) -> bytes | None:
+        """Send one job and wait for its outcome.
+
+        Returns ``None`` if ``abandoned`` completes first (the caller went
+        away); the worker is then still running the job. Raises
+        :class:`WorkerDied` if the worker exits before answering.
+        """
+        assert self._proc.stdin is not None
+        if self.gone.done():
+            raise WorkerDied()
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._job_id, self._reply = job_id, reply
+        try:
+            self._proc.stdin.write(encode(JobRequest(job_id, payload)))
+            with contextlib.suppress(ConnectionError):  # a dead worker is reported by `reply`
+                await self._proc.stdin.drain()
+            await asyncio.wait((reply, abandoned), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._reply = None
+        return reply.result() if reply.done() else None
+
+    async def exit_code(self) -> int:
+        """Wait for a worker that closed its pipes to exit; kill it if it lingers."""
+        try:
+            async with asyncio.timeout(PIPE_DRAIN_TIMEOUT_S):
+                return await self._proc.wait()
+        except TimeoutError:
+            await self.kill()
+            return await self._proc.wait()
+
+    async def kill(self) -> None:
+        """SIGTERM, then SIGKILL after TERM_GRACE_S; also reaps its children."""
+        if self._proc.returncode is None:
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(TERM_GRACE_S):
+                    await self._proc.wait()
+            except TimeoutError:
+                _signal_group(self.pid, signal.SIGKILL)
+                await self._proc.wait()
+        await self._close()
+
+    async def stop(self) -> None:
+        """Close the worker's stdin so it exits when idle; kill it if it does not."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        try:
+            async with asyncio.timeout(STOP_GRACE_S):
+                await self._proc.wait()
+        except TimeoutError:
+            log.warning("worker %d (pid %d) ignored EOF; killing it", self.worker_id, self.pid)
+        await self.kill()
+
+    async def _close(self) -> None:
+        """Kill whatever the worker left behind and stop reading its pipes."""
+        _signal_group(self.pid, signal.SIGKILL)
+        readers = (self.gone, self._stderr_reader)
+        _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT_S)
+        for reader in pending:
+            reader.cancel()
+
+    async def _read_stdout(self) -> None:
+        assert self._proc.stdout is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                self._handle_line(line)
+        except (ValueError, ProtocolError) as e:  # ValueError: line over MAX_LINE_BYTES
+            log.error("worker %d (pid %d) broke the protocol: %s", self.worker_id, self.pid, e)
+            _signal_group(self.pid, signal.SIGKILL)
+        finally:
+            if self._reply is not None and not self._reply.done():
+                self._reply.set_exception(WorkerDied())
+
+    def _handle_line(self, line: bytes) -> None:
+        message = decode_line(line)
+        if not isinstance(message, JobOutcome):
+            raise ProtocolError(f"unexpected {type(message).__name__} line: {line[:80]!r}")
+        if self._reply is None or message.job_id != self._job_id or self._reply.done():
+            log.warning("worker %d: ignoring outcome of job %d", self.worker_id, message.job_id)
+            return
+        self._reply.set_result(message.outcome)
+
+    async def _read_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        pending = b""
+        while chunk := await self._proc.stderr.read(STDERR_CHUNK_BYTES):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) >= STDERR_CHUNK_BYTES:
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                self._log_stderr(line)
+        if pending:
+            self._log_stderr(pending)
+
+    def _log_stderr(self, line: bytes) -> None:
+        text = line.decode(errors="replace").rstrip()
+        log.warning("worker %d (pid %d): %s", self.worker_id, self.pid, text)
+
+
+async def _handshake(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            line = await proc.stdout.readline()
+    except TimeoutError:
+        raise WorkerStartError(f"no READY within {READY_TIMEOUT_S:.0f} s") from None
+    if not line:
+        assert proc.stderr is not None
+        stderr = (await proc.stderr.read(STDERR_CHUNK_BYTES)).decode(errors="replace")
+        code = await proc.wait()
+        raise WorkerStartError(f"exited with code {code} before READY: {stderr.strip()[-2000:]}")
+    try:
+        message = decode_line(line)
+    except ProtocolError as e:
+        raise WorkerStartError(str(e)) from e
+    if not isinstance(message, Ready) or message.version != PROTOCOL_VERSION:
+        raise WorkerStartError(f"expected READY <pid> {PROTOCOL_VERSION}, got {line[:80]!r}")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal the worker's process group (it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)

@@ -1,0 +1,243 @@
+"""The worker pool: N slots, each a small state machine fed from one queue.
+
+Every slot has one consumer task that owns it (Rule 1: a slot's state
+changes only here, through ``_set_state``)::
+
+    DEAD -> STARTING -> IDLE -> BUSY -> IDLE ...
+               |          |       |
+               |          |       +-> DEAD      (worker died: its job fails)
+               |          |       +-> STOPPING  (caller gone: worker killed)
+               +----------+-> STOPPING -> DEAD  (pool closing)
+
+An idle consumer takes the next job only when its worker is ready for it, so
+no job sits pre-assigned to a busy worker. A worker that fails to start is
+retried with exponential backoff; one that dies while running a job is
+replaced at once, and only that job fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pool_server.errors import CallError, ShuttingDown, WorkerCrashed
+from pool_server.jobs import Job, JobResult
+from pool_server.process import WorkerDied, WorkerProcess, WorkerStartError
+from pool_server.queue import JobQueue
+
+log = logging.getLogger("pool_server.supervisor")
+
+# Backoff between failed worker starts: doubling from MIN to MAX, reset by a
+# successful start, so a broken environment costs a log line every 10 s
+# rather than a spinning CPU.
+RESTART_BACKOFF_MIN_S = 0.1
+RESTART_BACKOFF_MAX_S = 10.0
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    DEAD = "dead"
+
+
+_TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.DEAD: frozenset({WorkerState.STARTING}),
+    WorkerState.STARTING: frozenset({WorkerState.IDLE, WorkerState.DEAD}),
+    WorkerState.IDLE: frozenset({WorkerState.BUSY, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.BUSY: frozenset({WorkerState.IDLE, WorkerState.STOPPING, WorkerState.DEAD}),
+    WorkerState.STOPPING: frozenset({WorkerState.DEAD}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class Worker:
+    """One slot of the pool; its process is replaced when it dies."""
+
+    id: int
+    state: WorkerState = WorkerState.DEAD
+    process: WorkerProcess | None = None
+    job: Job | None = None  # the job it is running
+    jobs_done: int = 0
+    restarts: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker id={self.id} pid={self.pid} state={self.state.value} "
+            f"jobs_done={self.jobs_done} restarts={self.restarts}>"
+        )
+
+
+def _set_state(worker: Worker, new: WorkerState) -> None:
+    if new not in _TRANSITIONS[worker.state]:
+        raise IllegalTransition(f"{worker!r}: {worker.state.value} -> {new.value}")
+    worker.state = new
+
+
+class WorkerPool:
+    """A fixed number of worker slots consuming one bounded job queue."""
+
+    def __init__(self, size: int, queue_size: int) -> None:
+        self.workers = [Worker(id=i) for i in range(1, size + 1)]
+        self.queue: JobQueue[Job] = JobQueue(queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<WorkerPool workers={self.workers!r} queue={self.queue!r}>"
+
+    async def wait_ready(self) -> None:
+        """Wait until every slot has had a worker say READY once."""
+        for worker in self.workers:
+            await worker.ready.wait()
+
+    async def submit(self, job: Job) -> None:
+        """Queue ``job``, waiting for room while the queue is full."""
+        await self.queue.put(job)
+
+    def abandon(self, job: Job) -> None:
+        """The caller stopped waiting: drop the job, or stop the worker running it."""
+        self.queue.discard(job)
+        job.result.cancel()
+
+    async def _serve(self, worker: Worker) -> None:
+        while True:
+            process = await self._start(worker)
+            try:
+                await self._run_jobs(worker, process)
+            except asyncio.CancelledError:
+                _fail_job(worker, ShuttingDown("the server stopped while the call ran"))
+                raise
+            except Exception as e:
+                log.exception("supervisor error on %r; replacing its worker", worker)
+                _fail_job(worker, CallError(f"internal error in the pool-server supervisor: {e!r}"))
+                if worker.state in (WorkerState.IDLE, WorkerState.BUSY):
+                    _set_state(worker, WorkerState.STOPPING)
+                await process.kill()
+            if worker.state is WorkerState.STOPPING:
+                _set_state(worker, WorkerState.DEAD)
+            worker.job = None
+            worker.restarts += 1
+
+    async def _start(self, worker: Worker) -> WorkerProcess:
+        delay = RESTART_BACKOFF_MIN_S
+        while True:
+            _set_state(worker, WorkerState.STARTING)
+            try:
+                worker.process = await WorkerProcess.start(worker.id)
+            except WorkerStartError as e:
+                _set_state(worker, WorkerState.DEAD)
+                log.error("worker %d failed to start: %s; retrying in %.1f s", worker.id, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+                continue
+            log.debug("worker %d ready (pid %d)", worker.id, worker.pid)
+            _set_state(worker, WorkerState.IDLE)
+            worker.ready.set()
+            return worker.process
+
+    async def _run_jobs(self, worker: Worker, process: WorkerProcess) -> None:
+        """Feed jobs to one process until it has to be replaced."""
+        while True:
+            job = await self._next_job(process)
+            if job is None:
+                log.warning("worker %d (pid %d) died while idle", worker.id, worker.pid)
+                _set_state(worker, WorkerState.DEAD)
+                await process.exit_code()
+                return
+            if job.result.done():  # abandoned between being queued and taken
+                continue
+            _set_state(worker, WorkerState.BUSY)
+            job.worker_id = worker.id
+            worker.job = job
+            try:
+                outcome = await process.run(job.id, job.payload, job.result)
+            except WorkerDied:
+                _set_state(worker, WorkerState.DEAD)
+                await self._fail_crashed(worker, process, job)
+                return
+            if outcome is None:  # the caller went away or its deadline passed
+                _set_state(worker, WorkerState.STOPPING)
+                log.info("job %d abandoned by its caller; stopping worker %d", job.id, worker.id)
+                await process.kill()
+                return
+            if not job.result.done():
+                job.result.set_result(JobResult(outcome, worker.id, process.pid))
+            worker.jobs_done += 1
+            worker.job = None
+            _set_state(worker, WorkerState.IDLE)
+
+    async def _next_job(self, process: WorkerProcess) -> Job | None:
+        """The next job, or ``None`` if the idle worker died while waiting."""
+        job = self.queue.get_nowait()
+        if job is not None:
+            return job
+        getter = asyncio.ensure_future(self.queue.get())
+        try:
+            await asyncio.wait((getter, process.gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            getter.cancel()
+        if getter.done() and not getter.cancelled():
+            job = getter.result()
+            if not process.gone.done():
+                return job
+            self.queue.requeue(job)
+        return None
+
+    async def _fail_crashed(self, worker: Worker, process: WorkerProcess, job: Job) -> None:
+        code = await process.exit_code()
+        if code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+            if code == -signal.SIGKILL:
+                how += " (possibly by the out-of-memory killer)"
+        else:
+            how = f"exited with code {code}"
+        message = (
+            f"worker {worker.id} (pid {process.pid}) {how} while running job {job.id}; "
+            "the call did not finish and the worker was restarted"
+        )
+        log.warning("%s", message)
+        if not job.result.done():
+            job.result.set_exception(WorkerCrashed(message, worker.id, code))
+
+    async def _close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while (job := self.queue.get_nowait()) is not None:
+            if not job.result.done():
+                job.result.set_exception(ShuttingDown("the server stopped before the call ran"))
+        async with asyncio.TaskGroup() as tg:
+            for worker in self.workers:
+                if worker.process is not None:
+                    tg.create_task(worker.process.stop())
+
+
+def _fail_job(worker: Worker, error: Exception) -> None:
+    if worker.job is not None and not worker.job.result.done():
+        worker.job.result.set_exception(error)
+
+
+@contextlib.asynccontextmanager
+async def open_pool(size: int, queue_size: int) -> AsyncIterator[WorkerPool]:
+    """Start the pool's slots; on exit stop every worker and leave none behind."""
+    pool = WorkerPool(size, queue_size)
+    pool._tasks = [asyncio.create_task(pool._serve(w), name=f"worker-{w.id}") for w in pool.workers]
+    try:
+        yield pool
+    finally:
+        await asyncio.shield(pool._close())
