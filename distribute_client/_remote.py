@@ -32,11 +32,17 @@ class RemoteFunction(Generic[P, R]):
     ) -> None:
         functools.update_wrapper(self, function)
         self.function = function
-        self.address = _transport.Address.parse(server)
+        # An explicit address is checked now; the default is looked up per
+        # call, so $POOL_SERVER may be set after the function is defined.
+        self._address = _transport.Address.parse(server) if server else None
         self.depmodules = tuple(m if isinstance(m, str) else m.__name__ for m in depmodules)
         self.timeout = timeout
         self._signature = inspect.signature(function)
         self._by_value = _codec.module_by_value(function)
+
+    @property
+    def address(self) -> _transport.Address:
+        return self._address or _transport.Address.parse(None)
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self.function.__qualname__} on {self.address}>"
@@ -79,8 +85,9 @@ class Call(Generic[R]):
         payload = _codec.encode_call(
             remote.function, self.args, self.kwargs, remote.depmodules, remote._by_value
         )
-        reply = await _transport.run(remote.address, payload, remote.timeout)
-        where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {remote.address}"
+        address = remote.address
+        reply = await _transport.run(address, payload, remote.timeout)
+        where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
         value: R = _codec.decode_outcome(reply.outcome, remote.function.__qualname__, where)
         return value
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.config import ServerConfig
 from pool_server.service import PoolService
-from pool_server.supervisor import open_pool
+from pool_server.supervisor import WorkerPool, open_pool
 from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("pool_server")
@@ -48,6 +48,7 @@ def run(config: ServerConfig) -> int:
 
 async def _serve(config: ServerConfig) -> int:
     started = time.monotonic()
+    stop = _stop_on_signals()
     server = grpc.aio.server(options=GRPC_OPTIONS)
     try:
         port = server.add_insecure_port(config.address)
@@ -56,13 +57,8 @@ async def _serve(config: ServerConfig) -> int:
         return EXIT_BIND_FAILED
 
     async with open_pool(config.workers, config.queue_size) as pool:
-        try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                await pool.wait_ready()
-        except TimeoutError:
-            log.error("workers not ready after %.0f s; see the errors above", STARTUP_TIMEOUT_S)
-            return EXIT_WORKERS_FAILED
-
+        if not await _wait_ready(pool, stop):
+            return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
         service = PoolService(pool)
         pool_pb2_grpc.add_PoolServicer_to_server(service, server)
         health_servicer = health.aio.HealthServicer()
@@ -76,27 +72,45 @@ async def _serve(config: ServerConfig) -> int:
             flush=True,
         )
 
-        await _wait_for_stop_signal()
+        await stop.wait()
         log.info("stopping: refusing new calls, giving running calls %.3g s", config.grace)
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.grace)
 
-    restarts = sum(w.restarts for w in pool.workers)
     log.info(
         "stopped after %.0f s: %d calls answered, %d failed, %d worker restarts",
         time.monotonic() - started,
         service.calls_answered,
         service.calls_failed,
-        restarts,
+        sum(w.restarts for w in pool.workers),
     )
     return EXIT_OK
 
 
-async def _wait_for_stop_signal() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (the server then stops)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
+    return stop
+
+
+async def _wait_ready(pool: WorkerPool, stop: asyncio.Event) -> bool:
+    """Wait for every worker's first READY; False if stopped or timed out first."""
+    ready = asyncio.ensure_future(pool.wait_ready())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            (ready, stopped), timeout=STARTUP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        ready.cancel()
+        stopped.cancel()
+    if stopped in done:
+        log.info("stopped while the workers were starting")
+        return False
+    if ready not in done:
+        log.error("workers not ready after %.0f s; see the errors above", STARTUP_TIMEOUT_S)
+        return False
+    return True

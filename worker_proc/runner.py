@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
+from tblib import pickling_support
 
 from worker_proc.payload import (
     CallOutcome,
@@ -118,6 +119,8 @@ def _raised(
     """Ship the exception itself (tblib pickles its traceback) plus a text copy."""
     _drop_own_frames(error)
     info = _error_info(error, "")
+    # Classes created after start-up (by unpickling) also need tblib's reducer.
+    pickling_support.install(error)
     try:
         pickled = cloudpickle.dumps(error)
     except Exception:
