@@ -13,6 +13,11 @@ from pool_server.jobs import Job, JobResult
 from pool_server.supervisor import WorkerPool
 from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
+# The server gives up this much before the client's deadline, so that its
+# reply (which says whether the call was queued or running) reaches the
+# client before the client's own deadline fires with a bare status.
+DEADLINE_MARGIN_S = 0.05
+
 
 class PoolService(pool_pb2_grpc.PoolServicer):
     def __init__(self, pool: WorkerPool) -> None:
@@ -61,8 +66,9 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             raise InvalidCall(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
         job = Job(payload)
         queued = False
+        budget = None if time_remaining is None else max(time_remaining - DEADLINE_MARGIN_S, 0)
         try:
-            async with asyncio.timeout(time_remaining):
+            async with asyncio.timeout(budget):
                 await self._pool.submit(job)
                 queued = True
                 return await job.result

@@ -74,7 +74,9 @@ class Worker:
 
     @property
     def pid(self) -> int:
-        return self.process.pid if self.process else 0
+        """The live process's pid; 0 while the slot has none."""
+        alive = self.state in (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STOPPING)
+        return self.process.pid if self.process and alive else 0
 
     def __repr__(self) -> str:
         return (
