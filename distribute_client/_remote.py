@@ -37,7 +37,7 @@ class RemoteFunction(Generic[P, R]):
         self._address = _transport.Address.parse(server) if server else None
         self.depmodules = tuple(m if isinstance(m, str) else m.__name__ for m in depmodules)
         self.timeout = timeout
-        self._signature = inspect.signature(function)
+        self._signature = _signature_of(function)
         self._by_value = _codec.module_by_value(function)
 
     @property
@@ -48,10 +48,11 @@ class RemoteFunction(Generic[P, R]):
         return f"<RemoteFunction {self.function.__qualname__} on {self.address}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
-        try:
-            self._signature.bind(*args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"{self.function.__qualname__}{self._signature}: {e}") from None
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{self.function.__qualname__}{self._signature}: {e}") from None
         return Call(self, args, kwargs)
 
     async def async_run(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -61,6 +62,14 @@ class RemoteFunction(Generic[P, R]):
     def get_workers(self) -> int:
         """How many workers the server has (as in the original API)."""
         return len(Client(str(self.address)).workers())
+
+
+def _signature_of(function: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature to check calls against; None for builtins that have none."""
+    try:
+        return inspect.signature(function)
+    except ValueError:
+        return None
 
 
 class Call(Generic[R]):

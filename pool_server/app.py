@@ -43,6 +43,10 @@ SERVICE_NAME = pool_pb2.DESCRIPTOR.services_by_name["Pool"].full_name
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit code."""
     code: int = uvloop.run(_serve(config))
+    # Everything is stopped; a second SIGTERM arriving now must not turn a
+    # clean exit into death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     return code
 
 
@@ -91,8 +95,14 @@ def _stop_on_signals() -> asyncio.Event:
     """An event set by the first SIGTERM or SIGINT (the server then stops)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("%s: already stopping", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     return stop
 
 

@@ -1,0 +1,68 @@
+"""The worker line protocol, both ways, from one table (as h11's SIMPLE_CASES)."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker_proc.protocol import (
+    MAX_LINE_BYTES,
+    MAX_PAYLOAD_BYTES,
+    JobOutcome,
+    JobRequest,
+    Message,
+    ProtocolError,
+    Ready,
+    decode_line,
+    encode,
+)
+
+CASES: list[tuple[Message, bytes]] = [
+    (Ready(pid=4121, version=1), b"READY 4121 1\n"),
+    (JobRequest(job_id=17, payload=b"\x00\xffhi"), b"JOB 17 AP9oaQ==\n"),
+    (JobRequest(job_id=1, payload=b""), b"JOB 1 \n"),
+    (JobOutcome(job_id=17, outcome=b"done"), b"RESULT 17 ZG9uZQ==\n"),
+]
+
+
+@pytest.mark.parametrize(("message", "line"), CASES)
+def test_encode(message: Message, line: bytes) -> None:
+    """Each message encodes to exactly one newline-terminated line."""
+    assert encode(message) == line
+
+
+@pytest.mark.parametrize(("message", "line"), CASES)
+def test_decode(message: Message, line: bytes) -> None:
+    """Each line decodes back to its message, with or without the newline."""
+    assert decode_line(line) == message
+    assert decode_line(line.rstrip(b"\n")) == message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"HELLO 1 2\n",
+        b"READY 12\n",
+        b"READY x 1\n",
+        b"JOB 1 not*base64\n",
+        b"JOB x AAAA\n",
+        b"RESULT 5\n",
+        b"\n",
+    ],
+)
+def test_malformed_lines_name_their_bytes(line: bytes) -> None:
+    """Anything else is a ProtocolError that quotes the offending bytes."""
+    with pytest.raises(ProtocolError, match="line"):
+        decode_line(line)
+
+
+def test_long_lines_are_quoted_briefly() -> None:
+    """Error messages quote at most 80 bytes of a (possibly huge) bad line."""
+    with pytest.raises(ProtocolError) as info:
+        decode_line(b"NOPE " + b"x" * 10_000)
+    assert len(str(info.value)) < 200
+
+
+def test_line_limit_fits_the_largest_payload() -> None:
+    """A maximum-size payload still fits in one line under MAX_LINE_BYTES."""
+    encoded_size = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
+    assert len(b"RESULT 18446744073709551615 \n") + encoded_size <= MAX_LINE_BYTES

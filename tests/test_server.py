@@ -1,0 +1,169 @@
+"""The daemon's life: start-up, health, bad requests, signals, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from distribute_client import PoolError, ProtocolError, compute_this
+from pool_proto import pool_pb2, pool_pb2_grpc
+from worker_proc.payload import OutcomeStatus, loads_outcome
+
+from .conftest import SERVER_COMMAND, ServerProcess, StartServer, pid_alive, wait_until
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_health_service_reports_serving(server: ServerProcess) -> None:
+    """The standard gRPC health service says SERVING for the server and the Pool service."""
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "pool.Pool"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_empty_payload_is_rejected_and_the_pool_serves_on(server: ServerProcess) -> None:
+    """A Run without a payload gets INVALID_ARGUMENT with a readable message."""
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pool_pb2_grpc.PoolStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Run(pool_pb2.RunRequest(payload=b""), timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "empty payload" in info.value.details()
+        # Garbage reaches a worker, which answers BAD_REQUEST and keeps its pid.
+        pids = server.pids()
+        reply = stub.Run(pool_pb2.RunRequest(payload=b"not a pickle"), timeout=10)
+        assert loads_outcome(reply.outcome).status is OutcomeStatus.BAD_REQUEST
+        assert server.pids() == pids
+    assert compute_this(server.address)(nap)(0).compute() == 0
+
+
+def test_empty_payload_maps_to_protocol_error(server: ServerProcess) -> None:
+    """The client maps INVALID_ARGUMENT to ProtocolError (a PoolError)."""
+    from distribute_client import _transport
+
+    address = _transport.Address.parse(server.address)
+    with pytest.raises(ProtocolError, match="empty payload"):
+        asyncio.run(_transport.run(address, b"", 10))
+
+
+def test_help_describes_the_options() -> None:
+    """--help lists every option."""
+    out = subprocess.run([*SERVER_COMMAND, "--help"], capture_output=True, text=True, check=True)
+    for option in ("--workers", "--host", "--port", "--queue-size", "--grace", "--log-level"):
+        assert option in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "workers must be at least 1"),
+        (["--queue-size", "0"], "queue size must be at least 1"),
+        (["--port", "70000"], "port must be 0..65535"),
+        (["--grace", "-1"], "grace must be 0 or more"),
+    ],
+)
+def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> None:
+    """Invalid settings are refused before anything starts."""
+    out = subprocess.run([*SERVER_COMMAND, *args], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert message in out.stderr
+
+
+def test_port_in_use_exits_3(server: ServerProcess) -> None:
+    """A second server on a taken port fails clearly instead of sharing it."""
+    port = server.address.rsplit(":", 1)[1]
+    out = subprocess.run(
+        [*SERVER_COMMAND, "--workers", "1", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+def test_sigterm_lets_running_calls_finish(start_server: StartServer) -> None:
+    """SIGTERM: a running call completes, then the server exits 0 with no worker left."""
+    server = start_server("--workers", "2", "--grace", "20")
+    pids = server.pids()
+
+    async def scenario() -> float:
+        call = asyncio.ensure_future(compute_this(server.address)(nap).async_run(1.5))
+        await asyncio.to_thread(
+            wait_until,
+            lambda: "busy" in [w.state for w in server.client().workers()],
+            30,
+            "a busy worker",
+        )
+        server.proc.send_signal(signal.SIGTERM)
+        return await call
+
+    assert asyncio.run(scenario()) == 1.5
+    assert server.stop() == 0
+    assert not any(pid_alive(pid) for pid in pids)
+    assert "stopped after" in server.log()
+
+
+def test_sigterm_grace_cuts_long_calls_short(start_server: StartServer) -> None:
+    """Past --grace, running calls are failed and their workers stopped; exit is still 0."""
+    server = start_server("--workers", "1", "--grace", "0.5")
+
+    async def scenario() -> None:
+        call = asyncio.ensure_future(compute_this(server.address)(nap).async_run(60))
+        await asyncio.to_thread(
+            wait_until, lambda: server.client().workers()[0].state == "busy", 30, "busy"
+        )
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(PoolError):
+            await call
+        assert time.monotonic() - started < 15
+
+    asyncio.run(scenario())
+    assert server.stop() == 0
+
+
+def test_sigkill_of_the_server_takes_the_workers_with_it(start_server: StartServer) -> None:
+    """Workers never outlive the server, even one killed without a chance to clean up."""
+    server = start_server("--workers", "2")
+    busy = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom distribute_client import compute_this\n"
+            "compute_this(sys.argv[1])(time.sleep)(60).compute()",
+            server.address,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(
+            lambda: "busy" in [w.state for w in server.client().workers()], 30, "a busy worker"
+        )
+        pids = server.pids()
+        server.proc.kill()
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 10, "workers to die")
+    finally:
+        busy.kill()
+        busy.wait()
+    assert server.stop() == -signal.SIGKILL
+
+
+def test_startup_line_and_log_name_the_address(tmp_path: Path, start_server: StartServer) -> None:
+    """The one startup line on stdout states the bound address and worker count."""
+    server = start_server("--workers", "3")
+    assert len(server.pids()) == 3
+    assert server.address.startswith("127.0.0.1:")
