@@ -31,10 +31,18 @@ STARTUP_TIMEOUT_S = 60.0
 # Room for the payload plus the protobuf envelope.
 MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
 
+# gRPC core cancels calls that arrive faster than the asyncio server accepts
+# them once more than 1,000 are pending (3,000 hard), which a burst of a few
+# thousand concurrent calls on one channel reaches. The job queue is this
+# server's backpressure, so gRPC's own limit is raised out of its way.
+MAX_PENDING_RPCS = 1_000_000
+
 GRPC_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+    ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
 )
 
 SERVICE_NAME = pool_pb2.DESCRIPTOR.services_by_name["Pool"].full_name
