@@ -127,6 +127,10 @@ def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | N
             f"no pool-server answered at {address} ({details}); is it running? "
             f"Start one with `pool-server`, or point {SERVER_ENV} at one"
         )
+    if code == grpc.StatusCode.CANCELLED:
+        return PoolError(
+            f"{address} cancelled the call ({details}); it may be shutting down or overloaded"
+        )
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProtocolError(f"{address} rejected the call: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

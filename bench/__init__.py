@@ -1,0 +1,1 @@
+"""Benchmarks of a pool-server and its client, run as scripts: ``python -m bench.<name>``."""
