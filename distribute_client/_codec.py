@@ -21,6 +21,7 @@ import cloudpickle
 
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
 from worker_proc.payload import CallOutcome, CallRequest, OutcomeStatus, dumps, loads_outcome
+from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 # cloudpickle's by-value registry is process-global: one call at a time may
 # register a module for the duration of its pickling.
@@ -61,7 +62,13 @@ def encode_call(
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    return dumps(CallRequest(function_bytes, argument_bytes, depmodules))
+    payload = dumps(CallRequest(function_bytes, argument_bytes, depmodules))
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise SerializationError(
+            f"the call to {name} pickles to {len(payload)} bytes, over the "
+            f"{MAX_PAYLOAD_BYTES}-byte limit; pass large data by reference (a path or URL)"
+        )
+    return payload
 
 
 @contextlib.contextmanager
@@ -124,7 +131,7 @@ def _error_for(outcome: CallOutcome, name: str, where: str) -> BaseException:
             "function or its arguments need is probably missing on the server: install it "
             "there or name it in depmodules"
         )
-    if outcome.status is OutcomeStatus.UNPICKLABLE_RESULT:
+    if outcome.status is OutcomeStatus.BAD_RESULT:
         return SerializationError(f"{name} ran on {where}, but {error.message}")
     try:
         loaded: object = cloudpickle.loads(outcome.value) if outcome.value else None

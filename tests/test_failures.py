@@ -69,7 +69,7 @@ CRASH_MATRIX = [
     pytest.param(
         echo, (threading.Lock(),), SerializationError, "could not be pickled", id="bad-argument"
     ),
-    pytest.param(return_lock, (), SerializationError, "could not be pickled", id="bad-result"),
+    pytest.param(return_lock, (), SerializationError, "could not be sent back", id="bad-result"),
     pytest.param(raise_value_error, (), ValueError, "plain failure", id="raises"),
 ]
 

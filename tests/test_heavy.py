@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from distribute_client import compute_this
+from distribute_client import SerializationError, compute_this
+from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 from .conftest import ServerProcess
 
@@ -40,3 +41,18 @@ async def test_two_thousand_concurrent_calls(server: ServerProcess) -> None:
     results = await asyncio.gather(*(remote.async_run(i) for i in range(2000)))
     assert [value for value, _ in results] == [i * i for i in range(2000)]
     assert len({pid for _, pid in results}) == 2
+
+
+def too_big() -> bytes:
+    return bytes(MAX_PAYLOAD_BYTES + 1)
+
+
+@pytest.mark.slow
+def test_payloads_over_the_limit_are_refused_clearly(server: ServerProcess) -> None:
+    """Over MAX_PAYLOAD_BYTES either way: a SerializationError, and the worker lives on."""
+    pids = server.pids()
+    with pytest.raises(SerializationError, match="over the .*-byte limit"):
+        compute_this(server.address)(len)(bytes(MAX_PAYLOAD_BYTES + 1)).compute()
+    with pytest.raises(SerializationError, match="could not be sent back: it pickles to"):
+        compute_this(server.address)(too_big)().compute()
+    assert server.pids() == pids

@@ -18,7 +18,7 @@ class OutcomeStatus(enum.Enum):
     RETURNED = "returned"  # value holds the pickled return value
     RAISED = "raised"  # value holds the pickled exception, or b"" if it would not pickle
     BAD_REQUEST = "bad_request"  # the worker could not unpickle the call
-    UNPICKLABLE_RESULT = "unpicklable_result"  # the return value would not pickle
+    BAD_RESULT = "bad_result"  # the return value would not pickle, or is over the size limit
 
 
 @dataclass(frozen=True, slots=True)

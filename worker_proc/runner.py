@@ -29,6 +29,7 @@ from worker_proc.payload import (
     dumps,
     loads_request,
 )
+from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 
 def run_payload(payload: bytes) -> bytes:
@@ -60,10 +61,12 @@ def _run(payload: bytes) -> CallOutcome:
 
     try:
         pickled = cloudpickle.dumps(value)
+        if len(pickled) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"it pickles to {len(pickled)} bytes, over {MAX_PAYLOAD_BYTES}")
     except Exception as e:
-        error = _error_info(e, f"the return value ({type(value).__name__}) could not be pickled")
+        error = _error_info(e, f"the return value ({type(value).__name__}) could not be sent back")
         return CallOutcome(
-            OutcomeStatus.UNPICKLABLE_RESULT,
+            OutcomeStatus.BAD_RESULT,
             b"",
             error,
             stdout.getvalue(),
