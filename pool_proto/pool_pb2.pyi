@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RunRequest(_message.Message):
-    __slots__ = ("payload",)
+    __slots__ = ("payload", "retries")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
-    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
+    retries: int
+    def __init__(self, payload: _Optional[bytes] = ..., retries: _Optional[int] = ...) -> None: ...
 
 class RunReply(_message.Message):
     __slots__ = ("outcome", "worker_id", "worker_pid", "job_id")
@@ -21,8 +23,8 @@ class RunReply(_message.Message):
     outcome: bytes
     worker_id: int
     worker_pid: int
-    job_id: int
-    def __init__(self, outcome: _Optional[bytes] = ..., worker_id: _Optional[int] = ..., worker_pid: _Optional[int] = ..., job_id: _Optional[int] = ...) -> None: ...
+    job_id: str
+    def __init__(self, outcome: _Optional[bytes] = ..., worker_id: _Optional[int] = ..., worker_pid: _Optional[int] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class GetWorkersRequest(_message.Message):
     __slots__ = ()
@@ -51,3 +53,108 @@ class GetWorkersReply(_message.Message):
     queue_length: int
     queue_capacity: int
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ...) -> None: ...
+
+class SubmitRequest(_message.Message):
+    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name")
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    payloads: _containers.RepeatedScalarFieldContainer[bytes]
+    retries: int
+    time_limit_s: float
+    batch_id: str
+    name: str
+    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class SubmitReply(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("id", "state", "progress", "message", "attempts", "max_attempts", "worker_id", "created_at", "started_at", "finished_at", "error", "batch_id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    state: str
+    progress: float
+    message: str
+    attempts: int
+    max_attempts: int
+    worker_id: int
+    created_at: float
+    started_at: float
+    finished_at: float
+    error: str
+    batch_id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class JobResult(_message.Message):
+    __slots__ = ("status", "outcome")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    status: JobStatus
+    outcome: bytes
+    def __init__(self, status: _Optional[_Union[JobStatus, _Mapping]] = ..., outcome: _Optional[bytes] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "batch_id", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    batch_id: str
+    limit: int
+    def __init__(self, state: _Optional[str] = ..., batch_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsReply(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+
+class BatchRef(_message.Message):
+    __slots__ = ("batch_id",)
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    def __init__(self, batch_id: _Optional[str] = ...) -> None: ...
+
+class BatchStatus(_message.Message):
+    __slots__ = ("batch_id", "total", "states", "percent_done")
+    class StatesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_DONE_FIELD_NUMBER: _ClassVar[int]
+    batch_id: str
+    total: int
+    states: _containers.ScalarMap[str, int]
+    percent_done: float
+    def __init__(self, batch_id: _Optional[str] = ..., total: _Optional[int] = ..., states: _Optional[_Mapping[str, int]] = ..., percent_done: _Optional[float] = ...) -> None: ...

@@ -44,13 +44,49 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.GetWorkersRequest.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.GetWorkersReply.FromString,
                 _registered_method=True)
+        self.Submit = channel.unary_unary(
+                '/pool.Pool/Submit',
+                request_serializer=pool__proto_dot_pool__pb2.SubmitRequest.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.SubmitReply.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/pool.Pool/GetJob',
+                request_serializer=pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/pool.Pool/WatchJob',
+                request_serializer=pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.GetResult = channel.unary_unary(
+                '/pool.Pool/GetResult',
+                request_serializer=pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.JobResult.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/pool.Pool/CancelJob',
+                request_serializer=pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.JobStatus.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/pool.Pool/ListJobs',
+                request_serializer=pool__proto_dot_pool__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.ListJobsReply.FromString,
+                _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/pool.Pool/GetBatch',
+                request_serializer=pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.BatchStatus.FromString,
+                _registered_method=True)
 
 
 class PoolServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Run(self, request, context):
-        """Run one call on the next idle worker and wait for its outcome.
+        """Run one call on the next idle worker and wait for its outcome. The job
+        lives as long as this RPC: it is neither journaled nor listed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +95,52 @@ class PoolServicer:
     def GetWorkers(self, request, context):
         """Describe the pool: every worker slot plus the job queue.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Submit(self, request, context):
+        """Jobs outlive the RPC that submits them: journaled before Submit answers,
+        recovered after a restart, their results kept for --result-ttl.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """Status updates until the job is finished (the last message).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResult(self, request, context):
+        """Wait (up to the RPC's deadline) for the job to finish and return it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -75,6 +157,41 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.GetWorkers,
                     request_deserializer=pool__proto_dot_pool__pb2.GetWorkersRequest.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.GetWorkersReply.SerializeToString,
+            ),
+            'Submit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Submit,
+                    request_deserializer=pool__proto_dot_pool__pb2.SubmitRequest.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.SubmitReply.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=pool__proto_dot_pool__pb2.JobRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.JobStatus.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=pool__proto_dot_pool__pb2.JobRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.JobStatus.SerializeToString,
+            ),
+            'GetResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResult,
+                    request_deserializer=pool__proto_dot_pool__pb2.JobRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.JobResult.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=pool__proto_dot_pool__pb2.JobRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.JobStatus.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=pool__proto_dot_pool__pb2.ListJobsRequest.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.ListJobsReply.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=pool__proto_dot_pool__pb2.BatchRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.BatchStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +248,195 @@ class Pool:
             '/pool.Pool/GetWorkers',
             pool__proto_dot_pool__pb2.GetWorkersRequest.SerializeToString,
             pool__proto_dot_pool__pb2.GetWorkersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Submit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/Submit',
+            pool__proto_dot_pool__pb2.SubmitRequest.SerializeToString,
+            pool__proto_dot_pool__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/GetJob',
+            pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+            pool__proto_dot_pool__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pool.Pool/WatchJob',
+            pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+            pool__proto_dot_pool__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/GetResult',
+            pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+            pool__proto_dot_pool__pb2.JobResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/CancelJob',
+            pool__proto_dot_pool__pb2.JobRef.SerializeToString,
+            pool__proto_dot_pool__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/ListJobs',
+            pool__proto_dot_pool__pb2.ListJobsRequest.SerializeToString,
+            pool__proto_dot_pool__pb2.ListJobsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/GetBatch',
+            pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
+            pool__proto_dot_pool__pb2.BatchStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import uvloop
@@ -14,8 +17,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.config import ServerConfig
+from pool_server.journal import Journal, JournalError
 from pool_server.service import PoolService
 from pool_server.supervisor import WorkerPool, open_pool
+from pool_server.tracker import JobTracker
 from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("pool_server")
@@ -23,6 +28,7 @@ log = logging.getLogger("pool_server")
 EXIT_OK = 0
 EXIT_BIND_FAILED = 3  # the address is taken or not ours to listen on
 EXIT_WORKERS_FAILED = 4  # the workers never became ready
+EXIT_STATE_UNUSABLE = 5  # the state dir is locked by another server, or the journal unreadable
 
 # How long the initial workers may take to say READY before the server gives
 # up and exits, instead of serving with a pool that cannot run anything.
@@ -61,42 +67,78 @@ def run(config: ServerConfig) -> int:
 async def _serve(config: ServerConfig) -> int:
     started = time.monotonic()
     stop = _stop_on_signals()
-    server = grpc.aio.server(options=GRPC_OPTIONS)
     try:
-        port = server.add_insecure_port(config.address)
-    except RuntimeError as e:
-        log.error("cannot listen on %s: %s", config.address, e)
-        return EXIT_BIND_FAILED
+        lock = _lock_state_dir(config.state_dir)
+        journal = Journal(config.state_dir)
+    except (OSError, JournalError) as e:
+        log.error("%s", e)
+        return EXIT_STATE_UNUSABLE
+    with lock, contextlib.closing(journal):
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        try:
+            port = server.add_insecure_port(config.address)
+        except RuntimeError as e:
+            log.error("cannot listen on %s: %s", config.address, e)
+            return EXIT_BIND_FAILED
 
-    async with open_pool(config.workers, config.queue_size) as pool:
-        if not await _wait_ready(pool, stop):
-            return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
-        service = PoolService(pool)
-        pool_pb2_grpc.add_PoolServicer_to_server(service, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        print(
-            f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
-            f"(pid {os.getpid()})",
-            flush=True,
-        )
-
-        await stop.wait()
-        log.info("stopping: refusing new calls, giving running calls %.3g s", config.grace)
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(config.grace)
+        async with open_pool(config.workers, config.queue_size) as pool:
+            tracker = JobTracker(pool, journal, config.result_ttl)
+            tracker.recover()
+            if not await _wait_ready(pool, stop):
+                return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
+            service = PoolService(pool, tracker)
+            await _start_grpc(server, service)
+            print(
+                f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
+                f"(pid {os.getpid()})",
+                flush=True,
+            )
+            expiry = asyncio.ensure_future(tracker.expire_forever())
+            await stop.wait()
+            expiry.cancel()
+            log.info("stopping: refusing new calls, giving running ones %.3g s", config.grace)
+            deadline = time.monotonic() + config.grace
+            await server.stop(config.grace)
+            await pool.drain(max(deadline - time.monotonic(), 0.0))
 
     log.info(
-        "stopped after %.0f s: %d calls answered, %d failed, %d worker restarts",
+        "stopped after %.0f s: %d calls answered, %d failed, %d jobs submitted, %d worker restarts",
         time.monotonic() - started,
         service.calls_answered,
         service.calls_failed,
+        service.jobs_submitted,
         sum(w.restarts for w in pool.workers),
     )
     return EXIT_OK
+
+
+async def _start_grpc(server: grpc.aio.Server, service: PoolService) -> None:
+    pool_pb2_grpc.add_PoolServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def _lock_state_dir(state_dir: Path) -> contextlib.AbstractContextManager[object]:
+    """Hold an exclusive lock on the state dir: two servers must not share a journal."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = (state_dir / "lock").open("a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise OSError(
+            f"state dir {state_dir} is in use by pool-server pid {holder}; "
+            "give each server its own --state-dir"
+        ) from None
+    lock_file.truncate(0)
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+    return lock_file
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -6,9 +6,17 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pool_server.app import run
-from pool_server.config import DEFAULT_GRACE_S, DEFAULT_QUEUE_SIZE, LOG_LEVELS, ServerConfig
+from pool_server.config import (
+    DEFAULT_GRACE_S,
+    DEFAULT_QUEUE_SIZE,
+    DEFAULT_RESULT_TTL_S,
+    LOG_LEVELS,
+    ServerConfig,
+    default_state_dir,
+)
 
 EXIT_USAGE = 2
 
@@ -49,6 +57,18 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="seconds running calls get to finish on SIGTERM/SIGINT (default: %(default)s)",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where the job journal lives; one server per directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--result-ttl",
+        type=float,
+        default=DEFAULT_RESULT_TTL_S,
+        help="seconds finished jobs' results stay retrievable (default: %(default)s, a week)",
+    )
+    parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)"
     )
     args = parser.parse_args(argv)
@@ -60,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             queue_size=args.queue_size,
             grace=args.grace,
             log_level=args.log_level,
+            state_dir=args.state_dir,
+            result_ttl=args.result_ttl,
         )
     except ValueError as e:
         parser.error(str(e))

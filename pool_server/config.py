@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
-# Queued calls beyond the busy workers. Each holds its payload in memory, and
-# a call that cannot enter the queue waits in its RPC instead (backpressure),
-# so the bound trades memory for how many calls are accepted up front.
-DEFAULT_QUEUE_SIZE = 1000
+# Calls and jobs waiting for a worker. Each holds its payload in memory (about
+# 1 KiB for a small call); a call that finds the queue full waits in its RPC
+# (backpressure) and a submit is refused, so the bound trades memory for how
+# much work is accepted up front.
+DEFAULT_QUEUE_SIZE = 100_000
+
+# How long finished jobs' results stay retrievable.
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600.0
+
+
+def default_state_dir() -> Path:
+    """$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "pool-server"
+
 
 # How long running calls may take to finish after SIGTERM/SIGINT.
 DEFAULT_GRACE_S = 30.0
@@ -24,6 +36,8 @@ class ServerConfig:
     queue_size: int = DEFAULT_QUEUE_SIZE
     grace: float = DEFAULT_GRACE_S
     log_level: str = "info"
+    state_dir: Path = field(default_factory=default_state_dir)
+    result_ttl: float = DEFAULT_RESULT_TTL_S
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -34,6 +48,8 @@ class ServerConfig:
             raise ValueError(f"queue size must be at least 1, got {self.queue_size}")
         if self.grace < 0:
             raise ValueError(f"grace must be 0 or more seconds, got {self.grace}")
+        if self.result_ttl <= 0:
+            raise ValueError(f"result TTL must be more than 0 seconds, got {self.result_ttl}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
 

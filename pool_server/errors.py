@@ -62,3 +62,46 @@ class ShuttingDown(CallError):
 
     code = grpc.StatusCode.UNAVAILABLE
     kind = "shutting-down"
+
+
+class JobTimedOut(CallError):
+    """A job ran past its time limit; its worker was replaced."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    kind = "job-timed-out"
+
+
+class JobCancelled(CallError):
+    """The job was cancelled (by CancelJob, or its caller went away)."""
+
+    code = grpc.StatusCode.CANCELLED
+    kind = "cancelled"
+
+
+class JobNotFound(CallError):
+    """No job with that id (never submitted, or its result expired)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    kind = "not-found"
+
+
+class QueueFull(CallError):
+    """Submit would put more jobs in the queue than --queue-size allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "queue-full"
+
+
+_KINDS: dict[str, type[CallError]] = {
+    cls.kind: cls
+    for cls in (CallError, DeadlineExceeded, InvalidCall, ShuttingDown, JobTimedOut, JobCancelled)
+}
+
+
+def error_from_record(
+    kind: str, message: str, worker_id: int | None, exit_code: int | None
+) -> CallError:
+    """Rebuild a job's error from its journal columns."""
+    if kind == WorkerCrashed.kind:
+        return WorkerCrashed(message, worker_id or 0, exit_code)
+    return _KINDS.get(kind, CallError)(message)

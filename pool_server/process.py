@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from worker_proc.protocol import (
@@ -21,6 +22,7 @@ from worker_proc.protocol import (
     PROTOCOL_VERSION,
     JobOutcome,
     JobRequest,
+    Progress,
     ProtocolError,
     Ready,
     decode_line,
@@ -65,8 +67,9 @@ class WorkerProcess:
         self.worker_id = worker_id
         self.pid = proc.pid
         self._proc = proc
-        self._job_id = 0
-        self._reply: asyncio.Future[bytes] | None = None
+        self._job_id = ""
+        self._reply: asyncio.Future[JobOutcome] | None = None
+        self._on_progress: Callable[[Progress], None] | None = None
         # Both pipes are read for the whole life of the process; the stdout
         # reader ending means the worker is gone (or broke the protocol).
         self.gone: asyncio.Task[None] = asyncio.ensure_future(self._read_stdout())
@@ -94,26 +97,34 @@ class WorkerProcess:
         return cls(worker_id, proc)
 
     async def run(
-        self, job_id: int, payload: bytes, abandoned: asyncio.Future[Any]
-    ) -> bytes | None:
+        self,
+        job_id: str,
+        payload: bytes,
+        *,
+        until: asyncio.Future[Any],
+        time_limit: float | None,
+        on_progress: Callable[[Progress], None],
+    ) -> JobOutcome | None:
         """Send one job and wait for its outcome.
 
-        Returns ``None`` if ``abandoned`` completes first (the caller went
-        away); the worker is then still running the job. Raises
-        :class:`WorkerDied` if the worker exits before answering.
+        Returns ``None`` if ``until`` completes first (the job was cancelled)
+        or ``time_limit`` passes; the worker is then still running the job.
+        Raises :class:`WorkerDied` if the worker exits before answering.
         """
         assert self._proc.stdin is not None
         if self.gone.done():
             raise WorkerDied()
-        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._job_id, self._reply = job_id, reply
+        reply: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
+        self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
         try:
             self._proc.stdin.write(encode(JobRequest(job_id, payload)))
             with contextlib.suppress(ConnectionError):  # a dead worker is reported by `reply`
                 await self._proc.stdin.drain()
-            await asyncio.wait((reply, abandoned), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (reply, until), timeout=time_limit, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            self._reply = None
+            self._reply = self._on_progress = None
         return reply.result() if reply.done() else None
 
     async def exit_code(self) -> int:
@@ -170,13 +181,17 @@ class WorkerProcess:
 
     def _handle_line(self, line: bytes) -> None:
         message = decode_line(line)
+        if isinstance(message, Progress):
+            if self._on_progress is not None and message.job_id == self._job_id:
+                self._on_progress(message)
+            return
         if not isinstance(message, JobOutcome):
             raise ProtocolError(f"unexpected {type(message).__name__} line: {line[:80]!r}")
         if self._reply is None or message.job_id != self._job_id or self._reply.done():
             # The caller gave up just as the answer came; the worker is being replaced.
             log.debug("worker %d: ignoring outcome of job %d", self.worker_id, message.job_id)
             return
-        self._reply.set_result(message.outcome)
+        self._reply.set_result(message)
 
     async def _read_stderr(self) -> None:
         assert self._proc.stderr is not None

@@ -41,6 +41,11 @@ class JobQueue(Generic[T]):
         self._items.append(item)
         _wake_first(self._getters)
 
+    def put_nowait(self, item: T) -> None:
+        """Append ``item`` now; for admitting a batch already checked against maxsize."""
+        self._items.append(item)
+        _wake_first(self._getters)
+
     async def get(self) -> T:
         """Remove and return the oldest item, waiting while there is none."""
         while not self._items:

@@ -1,16 +1,19 @@
-"""The gRPC ``Pool`` service: the one place where calls become jobs and
+"""The gRPC ``Pool`` service: the one place where requests become jobs and
 server errors become gRPC statuses."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
-from pool_server.jobs import Job, JobResult
+from pool_server.jobs import Job
 from pool_server.supervisor import WorkerPool
+from pool_server.tracker import JobTracker
 from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 # The server gives up this much before the client's deadline, so that its
@@ -20,25 +23,25 @@ DEADLINE_MARGIN_S = 0.05
 
 
 class PoolService(pool_pb2_grpc.PoolServicer):
-    def __init__(self, pool: WorkerPool) -> None:
+    def __init__(self, pool: WorkerPool, tracker: JobTracker) -> None:
         self._pool = pool
+        self._tracker = tracker
         self.calls_answered = 0
         self.calls_failed = 0
+        self.jobs_submitted = 0
 
     async def Run(
         self, request: pool_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.RunReply:
-        try:
-            result = await self._run(request.payload, context.time_remaining())
-        except CallError as e:
-            self.calls_failed += 1
-            context.set_trailing_metadata(e.metadata())
-            await context.abort(e.code, str(e))
+        async with _status_on_error(context):
+            try:
+                job = await self._run(request, _budget(context))
+            except CallError:
+                self.calls_failed += 1
+                raise
         self.calls_answered += 1
         return pool_pb2.RunReply(
-            outcome=result.outcome,
-            worker_id=result.worker_id,
-            worker_pid=result.worker_pid,
+            outcome=job.outcome, worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id
         )
 
     async def GetWorkers(
@@ -59,23 +62,89 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             queue_capacity=self._pool.queue.maxsize,
         )
 
-    async def _run(self, payload: bytes, time_remaining: float | None) -> JobResult:
-        if not payload:
-            raise InvalidCall("empty payload: a Run request must carry a pickled call")
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise InvalidCall(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
-        job = Job(payload)
+    async def Submit(
+        self, request: pool_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.SubmitReply:
+        async with _status_on_error(context):
+            _check_sizes(request.payloads)
+            jobs = self._tracker.submit(
+                list(request.payloads),
+                retries=request.retries,
+                time_limit=request.time_limit_s or None,
+                batch_id=request.batch_id,
+                name=request.name,
+            )
+        self.jobs_submitted += len(jobs)
+        return pool_pb2.SubmitReply(job_ids=[job.id for job in jobs])
+
+    async def GetJob(
+        self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.JobStatus:
+        async with _status_on_error(context):
+            return _status(self._tracker.get(request.job_id))
+
+    async def WatchJob(
+        self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pool_pb2.JobStatus]:
+        async with _status_on_error(context):
+            async for job in self._tracker.watch(request.job_id):
+                yield _status(job)
+
+    async def GetResult(
+        self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.JobResult:
+        async with _status_on_error(context):
+            job = self._tracker.get(request.job_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_budget(context)):
+                    await asyncio.shield(job.done)
+            if job.state.finished and job.outcome is None and job.error is not None:
+                raise job.error
+            return pool_pb2.JobResult(status=_status(job), outcome=job.outcome or b"")
+
+    async def CancelJob(
+        self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.JobStatus:
+        async with _status_on_error(context):
+            return _status(self._tracker.cancel(request.job_id))
+
+    async def ListJobs(
+        self, request: pool_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.ListJobsReply:
+        async with _status_on_error(context):
+            jobs = self._tracker.list(request.state, request.batch_id, request.limit)
+            return pool_pb2.ListJobsReply(jobs=[_status(job) for job in jobs])
+
+    async def GetBatch(
+        self, request: pool_pb2.BatchRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.BatchStatus:
+        async with _status_on_error(context):
+            counts = self._tracker.batch(request.batch_id)
+            finished = sum(counts.states.get(s, 0) for s in _FINISHED_NAMES)
+            return pool_pb2.BatchStatus(
+                batch_id=request.batch_id,
+                total=counts.total,
+                states=counts.states,
+                percent_done=100.0 * finished / counts.total,
+            )
+
+    async def _run(self, request: pool_pb2.RunRequest, budget: float | None) -> Job:
+        _check_sizes([request.payload])
+        job = Job(request.payload, max_attempts=request.retries + 1)
         queued = False
-        budget = None if time_remaining is None else max(time_remaining - DEADLINE_MARGIN_S, 0)
         try:
             async with asyncio.timeout(budget):
                 await self._pool.submit(job)
                 queued = True
-                return await job.result
+                await asyncio.shield(job.done)
         except TimeoutError:
-            raise DeadlineExceeded(self._deadline_message(job, queued, time_remaining)) from None
+            raise DeadlineExceeded(self._deadline_message(job, queued, budget)) from None
         finally:
-            self._pool.abandon(job)
+            self._pool.cancel(job)  # the caller is gone: stop the job (no-op if finished)
+        if job.outcome is None:
+            assert job.error is not None, job
+            raise job.error
+        return job
 
     def _deadline_message(self, job: Job, queued: bool, seconds: float | None) -> str:
         if not queued:
@@ -84,9 +153,53 @@ class PoolService(pool_pb2_grpc.PoolServicer):
                 f"({self._pool.queue.maxsize} waiting); retry later, or start the server "
                 "with more --workers or a larger --queue-size"
             )
-        if job.worker_id is None:
+        if not job.attempts:
             return f"the call waited in the queue for its whole {seconds:.3g} s deadline"
         return (
             f"the call ran past its {seconds:.3g} s deadline on worker {job.worker_id}; "
             "the worker was stopped and replaced"
         )
+
+
+_FINISHED_NAMES = ("DONE", "FAILED", "CANCELLED", "TIMED_OUT")
+
+
+@contextlib.asynccontextmanager
+async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Answer a CallError with its gRPC status, message and metadata."""
+    try:
+        yield
+    except CallError as e:
+        context.set_trailing_metadata(e.metadata())
+        await context.abort(e.code, str(e))
+
+
+def _budget(context: grpc.aio.ServicerContext) -> float | None:
+    remaining: float | None = context.time_remaining()
+    return None if remaining is None else max(remaining - DEADLINE_MARGIN_S, 0.0)
+
+
+def _check_sizes(payloads: Iterable[bytes]) -> None:
+    for payload in payloads:
+        if not payload:
+            raise InvalidCall("empty payload: a request must carry a pickled or JSON call")
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidCall(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD_BYTES}")
+
+
+def _status(job: Job) -> pool_pb2.JobStatus:
+    return pool_pb2.JobStatus(
+        id=job.id,
+        state=job.state.value,
+        progress=job.progress,
+        message=job.message,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        worker_id=job.worker_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error=str(job.error) if job.error is not None else "",
+        batch_id=job.batch_id,
+        name=job.name,
+    )

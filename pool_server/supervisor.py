@@ -20,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from pool_server.errors import CallError, ShuttingDown, WorkerCrashed
-from pool_server.jobs import Job, JobResult
+from pool_server.errors import CallError, JobCancelled, JobTimedOut, ShuttingDown, WorkerCrashed
+from pool_server.jobs import Job, JobState
 from pool_server.process import WorkerDied, WorkerProcess, WorkerStartError
 from pool_server.queue import JobQueue
+from worker_proc.protocol import JobOutcome, Progress, ResultStatus
 
 log = logging.getLogger("pool_server.supervisor")
 
@@ -98,6 +100,7 @@ class WorkerPool:
         self.workers = [Worker(id=i) for i in range(1, size + 1)]
         self.queue: JobQueue[Job] = JobQueue(queue_size)
         self._tasks: list[asyncio.Task[None]] = []
+        self._draining = asyncio.Event()  # set: take no new jobs
 
     def __repr__(self) -> str:
         return f"<WorkerPool workers={self.workers!r} queue={self.queue!r}>"
@@ -111,10 +114,22 @@ class WorkerPool:
         """Queue ``job``, waiting for room while the queue is full."""
         await self.queue.put(job)
 
-    def abandon(self, job: Job) -> None:
-        """The caller stopped waiting: drop the job, or stop the worker running it."""
+    async def drain(self, grace_s: float) -> None:
+        """Take no new jobs; wait up to ``grace_s`` for the running ones to finish."""
+        self._draining.set()
+        running = [w.job.done for w in self.workers if w.job is not None]
+        if running:
+            log.info("waiting up to %.3g s for %d running jobs", grace_s, len(running))
+            await asyncio.wait(running, timeout=grace_s)
+
+    def cancel(self, job: Job, error: CallError | None = None) -> None:
+        """Finish ``job`` as CANCELLED: drop it if queued; if it runs, its
+        consumer sees it finish and stops the worker. A no-op once finished."""
+        if job.state.finished:
+            return
         self.queue.discard(job)
-        job.result.cancel()
+        job.error = error or JobCancelled(f"job {job.id} was cancelled")
+        job.transition(JobState.CANCELLED)
 
     async def _serve(self, worker: Worker) -> None:
         while True:
@@ -155,33 +170,78 @@ class WorkerPool:
     async def _run_jobs(self, worker: Worker, process: WorkerProcess) -> None:
         """Feed jobs to one process until it has to be replaced."""
         while True:
+            if self._draining.is_set():
+                await asyncio.Future()  # parked until the pool closes and cancels us
             job = await self._next_job(process)
+            if job is not None and self._draining.is_set():
+                self.queue.requeue(job)
+                continue
             if job is None:
                 log.warning("worker %d (pid %d) died while idle", worker.id, worker.pid)
                 _set_state(worker, WorkerState.DEAD)
                 await process.exit_code()
                 return
-            if job.result.done():  # abandoned between being queued and taken
+            if job.state is not JobState.QUEUED:  # cancelled while it waited
                 continue
             _set_state(worker, WorkerState.BUSY)
-            job.worker_id = worker.id
+            job.worker_id, job.worker_pid = worker.id, process.pid
+            job.transition(JobState.RUNNING)
             worker.job = job
             try:
-                outcome = await process.run(job.id, job.payload, job.result)
+                reply = await process.run(
+                    job.id,
+                    job.payload,
+                    until=job.done,
+                    time_limit=job.time_limit,
+                    on_progress=functools.partial(_record_progress, job),
+                )
             except WorkerDied:
                 _set_state(worker, WorkerState.DEAD)
-                await self._fail_crashed(worker, process, job)
+                await self._crashed(worker, process, job)
                 return
-            if outcome is None:  # the caller went away or its deadline passed
+            if reply is None:  # cancelled, or past its time limit: the worker must go
                 _set_state(worker, WorkerState.STOPPING)
-                log.info("job %d abandoned by its caller; stopping worker %d", job.id, worker.id)
+                self._stop_running(job)
                 await process.kill()
                 return
-            if not job.result.done():
-                job.result.set_result(JobResult(outcome, worker.id, process.pid))
+            self._answered(job, reply)
             worker.jobs_done += 1
             worker.job = None
             _set_state(worker, WorkerState.IDLE)
+
+    def _answered(self, job: Job, reply: JobOutcome) -> None:
+        if job.state.finished:  # cancelled just as the answer came
+            return
+        job.outcome = reply.outcome
+        if reply.status is ResultStatus.OK:
+            job.transition(JobState.DONE)
+        elif reply.status is ResultStatus.RETRY and job.attempts_left:
+            self._retry(job, "it raised an exception listed in retry_on")
+        else:
+            job.transition(JobState.FAILED)
+
+    def _stop_running(self, job: Job) -> None:
+        if job.state.finished:
+            log.info("job %s cancelled; stopping worker %d", job.id, job.worker_id)
+            return
+        job.error = JobTimedOut(
+            f"job {job.id} ran past its {job.time_limit:.3g} s time limit on worker "
+            f"{job.worker_id}; the worker was stopped and replaced"
+        )
+        log.warning("%s", job.error)
+        job.transition(JobState.TIMED_OUT)
+
+    def _retry(self, job: Job, why: str) -> None:
+        log.info(
+            "job %s attempt %d of %d interrupted (%s); re-queued",
+            job.id,
+            job.attempts,
+            job.max_attempts,
+            why,
+        )
+        job.transition(JobState.INTERRUPTED)
+        job.transition(JobState.QUEUED)
+        self.queue.requeue(job)
 
     async def _next_job(self, process: WorkerProcess) -> Job | None:
         """The next job, or ``None`` if the idle worker died while waiting."""
@@ -200,7 +260,7 @@ class WorkerPool:
             self.queue.requeue(job)
         return None
 
-    async def _fail_crashed(self, worker: Worker, process: WorkerProcess, job: Job) -> None:
+    async def _crashed(self, worker: Worker, process: WorkerProcess, job: Job) -> None:
         code = await process.exit_code()
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
@@ -208,30 +268,46 @@ class WorkerPool:
                 how += " (possibly by the out-of-memory killer)"
         else:
             how = f"exited with code {code}"
-        message = (
-            f"worker {worker.id} (pid {process.pid}) {how} while running job {job.id}; "
-            "the call did not finish and the worker was restarted"
-        )
+        message = f"worker {worker.id} (pid {process.pid}) {how} while running job {job.id}"
         log.warning("%s", message)
-        if not job.result.done():
-            job.result.set_exception(WorkerCrashed(message, worker.id, code))
+        if job.state.finished:
+            return
+        if job.attempts_left:
+            self._retry(job, message)
+            return
+        job.error = WorkerCrashed(
+            f"{message}; the call did not finish and the worker was restarted",
+            worker.id,
+            code,
+        )
+        job.transition(JobState.FAILED)
 
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while (job := self.queue.get_nowait()) is not None:
-            if not job.result.done():
-                job.result.set_exception(ShuttingDown("the server stopped before the call ran"))
+            if not job.durable:  # durable jobs stay QUEUED in the journal for the next start
+                job.error = ShuttingDown("the server stopped before the call ran")
+                job.transition(JobState.FAILED)
         async with asyncio.TaskGroup() as tg:
             for worker in self.workers:
                 if worker.process is not None:
                     tg.create_task(worker.process.stop())
 
 
-def _fail_job(worker: Worker, error: Exception) -> None:
-    if worker.job is not None and not worker.job.result.done():
-        worker.job.result.set_exception(error)
+def _fail_job(worker: Worker, error: CallError) -> None:
+    """Fail the job a worker holds when its consumer itself goes away."""
+    job = worker.job
+    if job is None or job.state.finished or (job.durable and isinstance(error, ShuttingDown)):
+        return  # a durable job stays RUNNING in the journal: INTERRUPTED at the next start
+    job.error = error
+    job.transition(JobState.FAILED)
+
+
+def _record_progress(job: Job, progress: Progress) -> None:
+    job.progress, job.message = progress.fraction, progress.message
+    job.notify()
 
 
 @contextlib.asynccontextmanager

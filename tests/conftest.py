@@ -88,6 +88,9 @@ class ServerProcess:
 
 
 def launch_server(log_path: Path, *args: str, cwd: Path | None = None) -> ServerProcess:
+    """Start a server; its journal lives next to its log unless ``args`` say otherwise."""
+    if "--state-dir" not in args:
+        args = (*args, "--state-dir", str(log_path.with_suffix(".state")))
     log = log_path.open("ab")
     proc = subprocess.Popen(
         [*SERVER_COMMAND, "--port", "0", *args],

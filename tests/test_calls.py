@@ -278,7 +278,7 @@ def test_get_workers_and_client_status(server: ServerProcess) -> None:
     assert [w.id for w in status.workers] == [1, 2]
     assert all(w.pid > 0 and w.state in ("idle", "busy") for w in status.workers)
     assert sum(w.jobs_done for w in status.workers) == before + 3
-    assert status.queue_capacity == 1000
+    assert status.queue_capacity == 100_000
     assert status.queue_length == 0
 
 

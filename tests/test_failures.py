@@ -227,7 +227,10 @@ def test_workers_that_cannot_start_back_off(tmp_path: Path) -> None:
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "pool-server"), "--workers", "1", "--port", "0"],
+            [
+                str(Path(sys.executable).parent / "pool-server"),
+                *("--workers", "1", "--port", "0", "--state-dir", str(tmp_path / "state")),
+            ],
             cwd=tmp_path,  # `python -m worker_proc` finds the broken one first
             stdout=subprocess.DEVNULL,
             stderr=log,

@@ -10,17 +10,25 @@ from worker_proc.protocol import (
     JobOutcome,
     JobRequest,
     Message,
+    Progress,
     ProtocolError,
     Ready,
+    ResultStatus,
     decode_line,
     encode,
 )
 
 CASES: list[tuple[Message, bytes]] = [
-    (Ready(pid=4121, version=1), b"READY 4121 1\n"),
-    (JobRequest(job_id=17, payload=b"\x00\xffhi"), b"JOB 17 AP9oaQ==\n"),
-    (JobRequest(job_id=1, payload=b""), b"JOB 1 \n"),
-    (JobOutcome(job_id=17, outcome=b"done"), b"RESULT 17 ZG9uZQ==\n"),
+    (Ready(pid=4121, version=2), b"READY 4121 2\n"),
+    (JobRequest(job_id="r17", payload=b"\x00\xffhi"), b"JOB r17 AP9oaQ==\n"),
+    (JobRequest(job_id="r1", payload=b""), b"JOB r1 \n"),
+    (Progress(job_id="j9", fraction=0.25, message="step 1"), b"PROGRESS j9 0.25 c3RlcCAx\n"),
+    (Progress(job_id="j9", fraction=None, message=""), b"PROGRESS j9 - \n"),
+    (
+        JobOutcome(job_id="r17", status=ResultStatus.OK, outcome=b"done"),
+        b"RESULT r17 ok ZG9uZQ==\n",
+    ),
+    (JobOutcome(job_id="j2", status=ResultStatus.RETRY, outcome=b""), b"RESULT j2 retry \n"),
 ]
 
 
@@ -43,9 +51,11 @@ def test_decode(message: Message, line: bytes) -> None:
         b"HELLO 1 2\n",
         b"READY 12\n",
         b"READY x 1\n",
-        b"JOB 1 not*base64\n",
-        b"JOB x AAAA\n",
-        b"RESULT 5\n",
+        b"JOB r1 not*base64\n",
+        b"JOB  AAAA\n",
+        b"RESULT r5\n",
+        b"RESULT r5 maybe AAAA\n",
+        b"PROGRESS j1 half AAAA\n",
         b"\n",
     ],
 )
@@ -65,4 +75,4 @@ def test_long_lines_are_quoted_briefly() -> None:
 def test_line_limit_fits_the_largest_payload() -> None:
     """A maximum-size payload still fits in one line under MAX_LINE_BYTES."""
     encoded_size = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
-    assert len(b"RESULT 18446744073709551615 \n") + encoded_size <= MAX_LINE_BYTES
+    assert len(b"RESULT j-0123456789abcdef retry \n") + encoded_size <= MAX_LINE_BYTES

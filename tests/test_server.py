@@ -82,11 +82,11 @@ def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> Non
     assert message in out.stderr
 
 
-def test_port_in_use_exits_3(server: ServerProcess) -> None:
+def test_port_in_use_exits_3(server: ServerProcess, tmp_path: Path) -> None:
     """A second server on a taken port fails clearly instead of sharing it."""
     port = server.address.rsplit(":", 1)[1]
     out = subprocess.run(
-        [*SERVER_COMMAND, "--workers", "1", "--port", port],
+        [*SERVER_COMMAND, "--workers", "1", "--port", port, "--state-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=30,

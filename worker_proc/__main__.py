@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 from typing import BinaryIO
 
 from tblib import pickling_support
@@ -20,11 +21,13 @@ from worker_proc.protocol import (
     PROTOCOL_VERSION,
     JobOutcome,
     JobRequest,
+    Message,
     ProtocolError,
     Ready,
     decode_line,
     encode,
 )
+from worker_proc.reporting import reporting
 from worker_proc.runner import run_payload
 
 EXIT_PROTOCOL_ERROR = 3  # the server sent something this worker cannot parse
@@ -36,8 +39,15 @@ def main() -> int:
     protocol_in, protocol_out = _claim_protocol_fds()
     _die_with_parent()
     pickling_support.install()  # exceptions pickle with their tracebacks
-    protocol_out.write(encode(Ready(os.getpid(), PROTOCOL_VERSION)))
-    protocol_out.flush()
+    write_lock = threading.Lock()  # progress timers write from other threads
+
+    def write(message: Message) -> None:
+        line = encode(message)
+        with write_lock:
+            protocol_out.write(line)
+            protocol_out.flush()
+
+    write(Ready(os.getpid(), PROTOCOL_VERSION))
     for line in protocol_in:
         try:
             message = decode_line(line)
@@ -47,8 +57,9 @@ def main() -> int:
         if not isinstance(message, JobRequest):
             sys.stderr.write(f"worker {os.getpid()}: unexpected {message!r}\n")
             return EXIT_PROTOCOL_ERROR
-        protocol_out.write(encode(JobOutcome(message.job_id, run_payload(message.payload))))
-        protocol_out.flush()
+        with reporting(message.job_id, write):
+            status, outcome = run_payload(message.payload)
+        write(JobOutcome(message.job_id, status, outcome))
     return 0  # EOF on the protocol channel: the server is done with us
 
 

@@ -1,9 +1,9 @@
 """Run one call inside the worker and turn whatever happens into an outcome.
 
-Every way a call can go wrong ends here as a :class:`CallOutcome`, never as
-an exception escaping into the worker loop: the worker must keep serving
-after a bad payload, a raising function, ``SystemExit``, or a return value
-that will not pickle.
+Every way a call can go wrong ends here as an outcome, never as an exception
+escaping into the worker loop: the worker must keep serving after a bad
+payload, a raising function, ``SystemExit``, or a return value that will not
+pickle.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -25,29 +26,49 @@ from worker_proc.payload import (
     CallOutcome,
     CallRequest,
     ErrorInfo,
+    JsonCall,
     OutcomeStatus,
     dumps,
+    is_json,
+    json_outcome,
     loads_request,
 )
-from worker_proc.protocol import MAX_PAYLOAD_BYTES
+from worker_proc.protocol import MAX_PAYLOAD_BYTES, ResultStatus
 
 
-def run_payload(payload: bytes) -> bytes:
-    """Decode, run and answer one call; the result is a pickled CallOutcome."""
-    return dumps(_run(payload))
+@dataclass
+class _Ran:
+    """What happened to one call, before it is encoded for the caller."""
+
+    status: OutcomeStatus
+    value: Any = None
+    error: BaseException | None = None
+    context: str = ""  # what failed, for errors that are not the function's own
+    stdout: str = ""
+    stderr: str = ""
+    started_at: float = 0.0
+    run_seconds: float = 0.0
+    retryable: bool = False
 
 
-def _run(payload: bytes) -> CallOutcome:
+def run_payload(payload: bytes) -> tuple[ResultStatus, bytes]:
+    """Decode, run and answer one call, in the payload's own format."""
+    ran = _run(payload)
+    if is_json(payload):
+        return _result_status(ran), _encode_json(ran)
+    return _encode_pickle(ran)
+
+
+def _run(payload: bytes) -> _Ran:
     started_at = time.time()
     try:
         request = loads_request(payload)
-        _import_depmodules(request.depmodules)
-        function, (args, kwargs) = _unpickle_call(request)
-    except _DepmoduleError as e:
-        return _raised(e.__cause__ or e, "", "", started_at, 0.0)
+        function, args, kwargs = _prepare(request)
+    except _ImportFailed as e:
+        return _Ran(OutcomeStatus.RAISED, error=e.__cause__, started_at=started_at)
     except Exception as e:
-        error = _error_info(e, "the call could not be unpickled on the worker")
-        return CallOutcome(OutcomeStatus.BAD_REQUEST, b"", error, "", "", started_at, 0.0)
+        context = "the call could not be decoded on the worker"
+        return _Ran(OutcomeStatus.BAD_REQUEST, error=e, context=context, started_at=started_at)
 
     stdout, stderr = io.StringIO(), io.StringIO()
     start = time.perf_counter()
@@ -55,55 +76,67 @@ def _run(payload: bytes) -> CallOutcome:
         with _captured(stdout, stderr):
             value = function(*args, **kwargs)
     except BaseException as e:  # SystemExit and KeyboardInterrupt belong to the caller too
-        run_seconds = time.perf_counter() - start
-        return _raised(e, stdout.getvalue(), stderr.getvalue(), started_at, run_seconds)
-    run_seconds = time.perf_counter() - start
-
-    try:
-        pickled = cloudpickle.dumps(value)
-        if len(pickled) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"it pickles to {len(pickled)} bytes, over {MAX_PAYLOAD_BYTES}")
-    except Exception as e:
-        error = _error_info(e, f"the return value ({type(value).__name__}) could not be sent back")
-        return CallOutcome(
-            OutcomeStatus.BAD_RESULT,
-            b"",
-            error,
-            stdout.getvalue(),
-            stderr.getvalue(),
-            started_at,
-            run_seconds,
+        retry_on = request.retry_on if isinstance(request, CallRequest) else ()
+        return _Ran(
+            OutcomeStatus.RAISED,
+            error=e,
+            stdout=stdout.getvalue(),
+            stderr=stderr.getvalue(),
+            started_at=started_at,
+            run_seconds=time.perf_counter() - start,
+            retryable=_is_one_of(e, retry_on),
         )
-    return CallOutcome(
+    return _Ran(
         OutcomeStatus.RETURNED,
-        pickled,
-        None,
-        stdout.getvalue(),
-        stderr.getvalue(),
-        started_at,
-        run_seconds,
+        value=value,
+        stdout=stdout.getvalue(),
+        stderr=stderr.getvalue(),
+        started_at=started_at,
+        run_seconds=time.perf_counter() - start,
     )
 
 
-class _DepmoduleError(Exception):
-    """Marks an import failure of a depmodule (the real error is the cause)."""
+class _ImportFailed(Exception):
+    """Marks an import the call needed that failed (the real error is the cause)."""
 
 
-def _import_depmodules(names: tuple[str, ...]) -> None:
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except BaseException as e:
-            e.add_note(f"while importing depmodule {name!r} on worker pid {os.getpid()}")
-            raise _DepmoduleError(name) from e
-
-
-def _unpickle_call(
-    request: CallRequest,
-) -> tuple[Callable[..., Any], tuple[tuple[Any, ...], dict[str, Any]]]:
+def _prepare(
+    request: CallRequest | JsonCall,
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    if isinstance(request, JsonCall):
+        return _import_function(request.function), tuple(request.args), request.kwargs
+    for name in request.depmodules:
+        _import(name, f"depmodule {name!r}")
     function = cloudpickle.loads(request.function)
     args, kwargs = cloudpickle.loads(request.arguments)
-    return function, (args, kwargs)
+    return function, args, kwargs
+
+
+def _import_function(reference: str) -> Callable[..., Any]:
+    module_name, sep, qualname = reference.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"function {reference!r} is not 'module:name'")
+    target: Any = _import(module_name, f"module {module_name!r} of {reference!r}")
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError(f"{reference} is a {type(target).__name__}, not a function")
+    return target  # type: ignore[no-any-return]
+
+
+def _import(name: str, what: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except BaseException as e:
+        e.add_note(f"while importing {what} on worker pid {os.getpid()}")
+        raise _ImportFailed(name) from e
+
+
+def _is_one_of(error: BaseException, names: tuple[str, ...]) -> bool:
+    """isinstance by qualified class name: the classes may not exist here."""
+    return bool(names) and any(
+        f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(error).__mro__
+    )
 
 
 @contextlib.contextmanager
@@ -116,19 +149,47 @@ def _captured(stdout: io.StringIO, stderr: io.StringIO) -> Iterator[None]:
         sys.stdout, sys.stderr = saved
 
 
-def _raised(
-    error: BaseException, stdout: str, stderr: str, started_at: float, run_seconds: float
-) -> CallOutcome:
-    """Ship the exception itself (tblib pickles its traceback) plus a text copy."""
+def _result_status(ran: _Ran) -> ResultStatus:
+    if ran.status is OutcomeStatus.RETURNED:
+        return ResultStatus.OK
+    return ResultStatus.RETRY if ran.retryable else ResultStatus.ERROR
+
+
+def _encode_pickle(ran: _Ran) -> tuple[ResultStatus, bytes]:
+    value = b""
+    if ran.status is OutcomeStatus.RETURNED:
+        try:
+            value = cloudpickle.dumps(ran.value)
+            if len(value) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"it pickles to {len(value)} bytes, over {MAX_PAYLOAD_BYTES}")
+        except Exception as e:
+            what = f"the return value ({type(ran.value).__name__}) could not be sent back"
+            ran.status, ran.error, ran.context, value = OutcomeStatus.BAD_RESULT, e, what, b""
+    elif ran.status is OutcomeStatus.RAISED and ran.error is not None:
+        value = _pickle_exception(ran.error)
+    error = None if ran.error is None else _error_info(ran.error, ran.context)
+    outcome = CallOutcome(
+        ran.status, value, error, ran.stdout, ran.stderr, ran.started_at, ran.run_seconds
+    )
+    return _result_status(ran), dumps(outcome)
+
+
+def _encode_json(ran: _Ran) -> bytes:
+    if ran.error is not None:
+        _drop_own_frames(ran.error)
+    error = None if ran.error is None else _error_info(ran.error, ran.context)
+    return json_outcome(ran.status, ran.value, error, ran.stdout, ran.stderr)
+
+
+def _pickle_exception(error: BaseException) -> bytes:
+    """The exception itself, with its traceback (tblib), or b"" if it won't pickle."""
     _drop_own_frames(error)
-    info = _error_info(error, "")
     # Classes created after start-up (by unpickling) also need tblib's reducer.
     pickling_support.install(error)
     try:
-        pickled = cloudpickle.dumps(error)
+        return cloudpickle.dumps(error)  # type: ignore[no-any-return]
     except Exception:
-        pickled = b""  # the client falls back to RemoteError built from `info`
-    return CallOutcome(OutcomeStatus.RAISED, pickled, info, stdout, stderr, started_at, run_seconds)
+        return b""  # the client falls back to RemoteError built from ErrorInfo
 
 
 def _drop_own_frames(error: BaseException) -> None:
