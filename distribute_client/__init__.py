@@ -8,6 +8,8 @@
 
     square(3).compute()             # 9, blocking
     await square.async_run(3)       # 9, from asyncio code
+    job = square(3).submit()        # a durable job: job.status(), job.result()
+    list(square.map(range(10)))     # many jobs, results in order
 
 The path of one call through this package::
 
@@ -18,32 +20,51 @@ The path of one call through this package::
         ──> _codec.decode_outcome: replay stdout/stderr, return the value or
             re-raise the remote exception with its remote traceback
 
-Who owns what: ``_remote`` the decorator and calls, ``_client`` questions
-about the server, ``_codec`` pickling, ``_transport`` channels and error
-translation, ``_sync`` blocking over async, ``errors`` the exception tree.
+Who owns what: ``_remote`` the decorator and calls, ``_jobs`` submitted
+jobs, ``_batch`` map, ``_client`` questions about the server and its jobs,
+``_progress`` progress reports, ``_codec`` pickling, ``_transport`` channels
+and error translation, ``_sync`` blocking over async, ``errors`` the
+exception tree.
 """
 
+from distribute_client._batch import AsyncMap as AsyncMap
+from distribute_client._batch import Map as Map
 from distribute_client._client import Client as Client
 from distribute_client._client import PoolStatus as PoolStatus
 from distribute_client._client import WorkerInfo as WorkerInfo
+from distribute_client._jobs import BatchStatus as BatchStatus
+from distribute_client._jobs import Job as Job
+from distribute_client._jobs import JobStatus as JobStatus
+from distribute_client._progress import progress as progress
 from distribute_client._remote import Call as Call
 from distribute_client._remote import RemoteFunction as RemoteFunction
 from distribute_client._remote import compute_this as compute_this
 from distribute_client.errors import CallTimeoutError as CallTimeoutError
+from distribute_client.errors import JobCancelledError as JobCancelledError
+from distribute_client.errors import JobNotFoundError as JobNotFoundError
 from distribute_client.errors import PoolError as PoolError
 from distribute_client.errors import ProtocolError as ProtocolError
+from distribute_client.errors import QueueFullError as QueueFullError
 from distribute_client.errors import RemoteError as RemoteError
 from distribute_client.errors import SerializationError as SerializationError
 from distribute_client.errors import ServerUnavailableError as ServerUnavailableError
 from distribute_client.errors import WorkerCrashedError as WorkerCrashedError
 
 __all__ = [
+    "AsyncMap",
+    "BatchStatus",
     "Call",
     "CallTimeoutError",
     "Client",
+    "Job",
+    "JobCancelledError",
+    "JobNotFoundError",
+    "JobStatus",
+    "Map",
     "PoolError",
     "PoolStatus",
     "ProtocolError",
+    "QueueFullError",
     "RemoteError",
     "RemoteFunction",
     "SerializationError",
@@ -51,4 +72,5 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerInfo",
     "compute_this",
+    "progress",
 ]

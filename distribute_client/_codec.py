@@ -9,6 +9,7 @@ imports travel by reference and must be importable there (see depmodules).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import sysconfig
@@ -20,7 +21,14 @@ from typing import Any
 import cloudpickle
 
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
-from worker_proc.payload import CallOutcome, CallRequest, OutcomeStatus, dumps, loads_outcome
+from worker_proc.payload import (
+    CallOutcome,
+    CallRequest,
+    OutcomeStatus,
+    dumps,
+    is_json,
+    loads_outcome,
+)
 from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 # cloudpickle's by-value registry is process-global: one call at a time may
@@ -49,6 +57,7 @@ def encode_call(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     depmodules: tuple[str, ...],
+    retry_on: tuple[str, ...],
     by_value: types.ModuleType | None,
 ) -> bytes:
     name = getattr(function, "__qualname__", repr(function))
@@ -62,7 +71,7 @@ def encode_call(
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    payload = dumps(CallRequest(function_bytes, argument_bytes, depmodules))
+    payload = dumps(CallRequest(function_bytes, argument_bytes, depmodules, retry_on))
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SerializationError(
             f"the call to {name} pickles to {len(payload)} bytes, over the "
@@ -100,6 +109,8 @@ def decode_outcome(data: bytes, name: str, where: str) -> Any:
 
     ``where`` says where it ran, e.g. "worker 2 (pid 812) of 127.0.0.1:50051".
     """
+    if is_json(data):
+        return _decode_json_outcome(data)
     try:
         outcome = loads_outcome(data)
     except Exception as e:
@@ -120,6 +131,19 @@ def decode_outcome(data: bytes, name: str, where: str) -> Any:
                 "return types defined only on the server cannot be rebuilt by the client"
             ) from e
     raise _error_for(outcome, name, where)
+
+
+def _decode_json_outcome(data: bytes) -> Any:
+    """The answer to a JSON call (submitted by pool-client or a non-Python client)."""
+    outcome = json.loads(data)
+    sys.stdout.write(outcome.get("stdout", ""))
+    sys.stderr.write(outcome.get("stderr", ""))
+    if outcome["status"] == OutcomeStatus.RETURNED.value:
+        return outcome["value"] if "value" in outcome else outcome["value_repr"]
+    error = outcome.get("error", {})
+    raise RemoteError(
+        error.get("type", "?"), error.get("message", ""), outcome.get("traceback", "")
+    )
 
 
 def _error_for(outcome: CallOutcome, name: str, where: str) -> BaseException:

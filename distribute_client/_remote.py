@@ -8,9 +8,11 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from distribute_client import _codec, _transport
+from distribute_client import _batch, _codec, _transport
 from distribute_client._client import Client
+from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
+from pool_proto import pool_pb2
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -20,7 +22,7 @@ class RemoteFunction(Generic[P, R]):
     """A function whose calls run on a pool-server's workers.
 
     Calling it checks the arguments against the signature at once and returns
-    a :class:`Call`; nothing is sent until the call is run.
+    a :class:`Call`; nothing is sent until the call is run or submitted.
     """
 
     def __init__(
@@ -29,14 +31,22 @@ class RemoteFunction(Generic[P, R]):
         server: str | None,
         depmodules: Iterable[types.ModuleType | str],
         timeout: float | None,
+        retries: int = 0,
+        retry_on: Iterable[type[BaseException]] = (),
+        durable: bool = False,
     ) -> None:
         functools.update_wrapper(self, function)
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
         self.function = function
         # An explicit address is checked now; the default is looked up per
         # call, so $POOL_SERVER may be set after the function is defined.
         self._address = _transport.Address.parse(server) if server else None
         self.depmodules = tuple(m if isinstance(m, str) else m.__name__ for m in depmodules)
         self.timeout = timeout
+        self.retries = retries
+        self.retry_on = tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in retry_on)
+        self.durable = durable
         self._signature = _signature_of(function)
         self._by_value = _codec.module_by_value(function)
 
@@ -59,6 +69,38 @@ class RemoteFunction(Generic[P, R]):
         """Run one call from asyncio code: ``await f.async_run(x)``."""
         return await self(*args, **kwargs).async_run()
 
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        max_in_flight: int = _batch.DEFAULT_MAX_IN_FLIGHT,
+        progress: bool = False,
+        batch_id: str | None = None,
+    ) -> _batch.Map[R]:
+        """Run ``f(*items)`` for the items of ``iterables`` (as builtin ``map``)
+        as submitted jobs, yielding the results in input order.
+
+        At most ``max_in_flight`` jobs are outstanding at a time; ``progress``
+        shows a progress bar on a terminal. The returned iterator's
+        ``batch_id`` lets any process follow the batch with
+        ``Client.batch(batch_id)``. Use it in a ``with`` block (or call
+        ``close()``) to cancel what is left when you stop early.
+        """
+        return _batch.Map(
+            self.async_map(
+                *iterables, max_in_flight=max_in_flight, progress=progress, batch_id=batch_id
+            )
+        )
+
+    def async_map(
+        self,
+        *iterables: Iterable[Any],
+        max_in_flight: int = _batch.DEFAULT_MAX_IN_FLIGHT,
+        progress: bool = False,
+        batch_id: str | None = None,
+    ) -> _batch.AsyncMap[R]:
+        """``map`` for asyncio code: ``async for value in f.async_map(xs)``."""
+        return _batch.AsyncMap(self, iterables, max_in_flight, progress, batch_id)
+
     def get_workers(self) -> int:
         """How many workers the server has (as in the original API)."""
         return len(Client(str(self.address)).workers())
@@ -73,8 +115,8 @@ def _signature_of(function: Callable[..., Any]) -> inspect.Signature | None:
 
 
 class Call(Generic[R]):
-    """One bound call of a :class:`RemoteFunction`, run by :meth:`compute`
-    (blocking) or :meth:`async_run` (awaitable)."""
+    """One bound call of a :class:`RemoteFunction`: run it with :meth:`compute`
+    (blocking) or :meth:`async_run`, or make it a job with :meth:`submit`."""
 
     def __init__(
         self, remote: RemoteFunction[Any, R], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -84,18 +126,30 @@ class Call(Generic[R]):
         self.kwargs = kwargs
 
     def __repr__(self) -> str:
-        return (
-            f"<Call {self.remote.function.__qualname__} args={self.args!r} kwargs={self.kwargs!r}>"
+        name = self.remote.function.__qualname__
+        return f"<Call {name} args={self.args!r} kwargs={self.kwargs!r}>"
+
+    def payload(self) -> bytes:
+        """The call pickled for the worker."""
+        remote = self.remote
+        return _codec.encode_call(
+            remote.function,
+            self.args,
+            self.kwargs,
+            remote.depmodules,
+            remote.retry_on,
+            remote._by_value,
         )
 
     async def async_run(self) -> R:
         """Run the call on the server and return its value (or raise its error)."""
         remote = self.remote
-        payload = _codec.encode_call(
-            remote.function, self.args, self.kwargs, remote.depmodules, remote._by_value
-        )
+        if remote.durable:
+            job = await self.async_submit()
+            return await job.async_result()
         address = remote.address
-        reply = await _transport.run(address, payload, remote.timeout)
+        request = pool_pb2.RunRequest(payload=self.payload(), retries=remote.retries)
+        reply = await _transport.call(address, "Run", request, remote.timeout)
         where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
         value: R = _codec.decode_outcome(reply.outcome, remote.function.__qualname__, where)
         return value
@@ -105,6 +159,18 @@ class Call(Generic[R]):
         return run_sync(self.async_run())
 
     run = compute  # the original's name
+
+    async def async_submit(self) -> Job[R]:
+        (job,) = await _batch.submit(self.remote, [self.args], batch_id="", kwargs=self.kwargs)
+        return job
+
+    def submit(self) -> Job[R]:
+        """Submit the call as a durable job and return its handle at once.
+
+        The job is journaled by the server before this returns; it runs
+        whether or not this process stays around to collect the result.
+        """
+        return run_sync(self.async_submit())
 
 
 @overload
@@ -117,6 +183,9 @@ def compute_this(
     *,
     depmodules: Iterable[types.ModuleType | str] = (),
     timeout: float | None = None,
+    retries: int = 0,
+    retry_on: Iterable[type[BaseException]] = (),
+    durable: bool = False,
 ) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
 
 
@@ -125,13 +194,20 @@ def compute_this(
     *,
     depmodules: Iterable[types.ModuleType | str] = (),
     timeout: float | None = None,
+    retries: int = 0,
+    retry_on: Iterable[type[BaseException]] = (),
+    durable: bool = False,
 ) -> RemoteFunction[P, R] | Callable[[Callable[P, R]], RemoteFunction[P, R]]:
     """Make a function run on a pool-server: ``@compute_this()`` or ``@compute_this``.
 
     ``server`` is ``host:port``, ``grpc://host:port`` or ``grpcs://host:port``
     (TLS); it defaults to ``$POOL_SERVER``, else ``127.0.0.1:50051``.
     ``depmodules`` are modules (objects or names) the worker imports first.
-    ``timeout`` is each call's deadline in seconds, queueing included.
+    ``timeout`` is each call's deadline in seconds, queueing included; for
+    submitted jobs it limits each attempt's running time. ``retries`` more
+    attempts are made when the worker dies (crash, OOM kill), or when the
+    function raises one of ``retry_on``. ``durable=True`` runs ``compute()``
+    as a submitted (journaled) job.
 
     >>> @compute_this()
     ... def square(x):
@@ -139,10 +215,17 @@ def compute_this(
     >>> square(3)                                   # doctest: +ELLIPSIS
     <Call square args=(3,) kwargs={}>
     """
+    options: dict[str, Any] = {
+        "depmodules": depmodules,
+        "timeout": timeout,
+        "retries": retries,
+        "retry_on": retry_on,
+        "durable": durable,
+    }
     if callable(server):
-        return RemoteFunction(server, None, depmodules, timeout)
+        return RemoteFunction(server, None, **options)
 
     def decorate(function: Callable[P, R]) -> RemoteFunction[P, R]:
-        return RemoteFunction(function, server, depmodules, timeout)
+        return RemoteFunction(function, server, **options)
 
     return decorate

@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from distribute_client.errors import (
     CallTimeoutError,
+    JobCancelledError,
+    JobNotFoundError,
     PoolError,
     ProtocolError,
+    QueueFullError,
     ServerUnavailableError,
     WorkerCrashedError,
 )
@@ -22,6 +26,9 @@ from pool_proto import pool_pb2, pool_pb2_grpc
 from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+
+# Submit answers once the jobs are journaled: quick, unless the server is unwell.
+SUBMIT_TIMEOUT_S = 60.0
 SERVER_ENV = "POOL_SERVER"
 
 _MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
@@ -80,20 +87,17 @@ def stub_for(address: Address) -> pool_pb2_grpc.PoolStub:
     return stub
 
 
-async def run(address: Address, payload: bytes, deadline_s: float | None) -> pool_pb2.RunReply:
+async def call(address: Address, method: str, request: Any, deadline_s: float | None) -> Any:
+    """One unary RPC ``method`` of the Pool service, with errors mapped to PoolErrors."""
     with map_rpc_errors(address, deadline_s):
-        reply: pool_pb2.RunReply = await stub_for(address).Run(
-            pool_pb2.RunRequest(payload=payload), timeout=deadline_s
-        )
-        return reply
+        return await getattr(stub_for(address), method)(request, timeout=deadline_s)
 
 
-async def get_workers(address: Address, deadline_s: float | None) -> pool_pb2.GetWorkersReply:
-    with map_rpc_errors(address, deadline_s):
-        reply: pool_pb2.GetWorkersReply = await stub_for(address).GetWorkers(
-            pool_pb2.GetWorkersRequest(), timeout=deadline_s
-        )
-        return reply
+async def watch(address: Address, job_id: str) -> AsyncIterator[pool_pb2.JobStatus]:
+    """The WatchJob stream: a job's status after every change, until it finishes."""
+    with map_rpc_errors(address, None):
+        async for status in stub_for(address).WatchJob(pool_pb2.JobRef(job_id=job_id)):
+            yield status
 
 
 @contextlib.contextmanager
@@ -102,6 +106,13 @@ def map_rpc_errors(address: Address, timeout: float | None) -> Iterator[None]:
         yield
     except grpc.aio.AioRpcError as e:
         raise _translate(e, address, timeout) from e
+
+
+_ERRORS_BY_KIND: dict[str, type[PoolError]] = {
+    "cancelled": JobCancelledError,
+    "not-found": JobNotFoundError,
+    "queue-full": QueueFullError,
+}
 
 
 def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | None) -> PoolError:
@@ -116,6 +127,8 @@ def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | N
             exit_code=int(exit_code) if exit_code is not None else None,
             worker_id=int(worker_id) if worker_id is not None else None,
         )
+    if kind in _ERRORS_BY_KIND:
+        return _ERRORS_BY_KIND[kind](details)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return CallTimeoutError(
             details if kind else f"the call did not finish within its {timeout:.3g} s timeout"

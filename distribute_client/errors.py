@@ -9,7 +9,10 @@ for everything else::
     ├── WorkerCrashedError
     ├── RemoteError
     ├── SerializationError
-    └── ProtocolError
+    ├── ProtocolError
+    ├── QueueFullError
+    ├── JobCancelledError
+    └── JobNotFoundError         (also LookupError)
 """
 
 from __future__ import annotations
@@ -81,3 +84,17 @@ class SerializationError(PoolError):
 class ProtocolError(PoolError):
     """Raised when the server rejects a request as malformed, or answers
     with something this client cannot read (a version mismatch)."""
+
+
+class QueueFullError(PoolError):
+    """Raised by ``submit()`` when the server's queue has no room for the jobs
+    (it is refused at once, never half-submitted)."""
+
+
+class JobCancelledError(PoolError):
+    """Raised by ``Job.result()`` (and ``compute()``) for a cancelled job."""
+
+
+class JobNotFoundError(PoolError, LookupError):
+    """Raised for a job or batch id the server does not know (never
+    submitted there, or finished longer ago than its --result-ttl)."""

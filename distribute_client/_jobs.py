@@ -1,0 +1,137 @@
+"""``Job``: a handle on a submitted job, from this process or any other."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from distribute_client import _codec, _transport
+from distribute_client._sync import run_sync
+from distribute_client.errors import CallTimeoutError
+from pool_proto import pool_pb2
+
+R = TypeVar("R")
+
+FINISHED_STATES = frozenset({"DONE", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+# Job lookups are cheap; a server that takes longer than this is unwell.
+LOOKUP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a job stands. Times are Unix seconds, 0.0 until they happen."""
+
+    id: str
+    state: str  # QUEUED, RUNNING, DONE, FAILED, CANCELLED, TIMED_OUT or INTERRUPTED
+    progress: float | None  # the last progress(fraction) the function reported
+    message: str  # the last progress message
+    attempts: int
+    max_attempts: int
+    worker_id: int  # the worker running it, or that ran it last; 0 for none
+    created_at: float
+    started_at: float
+    finished_at: float
+    error: str  # why it finished without a result (crash, time limit, cancel)
+    batch_id: str
+    name: str
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    @classmethod
+    def from_proto(cls, status: pool_pb2.JobStatus) -> JobStatus:
+        return cls(
+            id=status.id,
+            state=status.state,
+            progress=status.progress if status.HasField("progress") else None,
+            message=status.message,
+            attempts=status.attempts,
+            max_attempts=status.max_attempts,
+            worker_id=status.worker_id,
+            created_at=status.created_at,
+            started_at=status.started_at,
+            finished_at=status.finished_at,
+            error=status.error,
+            batch_id=status.batch_id,
+            name=status.name,
+        )
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    """How far a batch (one ``map``) has got: jobs per state, and done/total."""
+
+    batch_id: str
+    total: int
+    states: dict[str, int]
+    percent_done: float
+
+
+class Job(Generic[R]):
+    """A submitted job. ``result()`` blocks until it finishes; the ``async_``
+    twins do the same from asyncio code."""
+
+    def __init__(self, address: _transport.Address, job_id: str, name: str = "") -> None:
+        self.address = address
+        self.id = job_id
+        self.name = name or job_id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} ({self.name}) on {self.address}>"
+
+    async def async_status(self) -> JobStatus:
+        reply = await _transport.call(
+            self.address, "GetJob", pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
+        )
+        return JobStatus.from_proto(reply)
+
+    def status(self) -> JobStatus:
+        """State, progress and message, attempts, worker, and times."""
+        return run_sync(self.async_status())
+
+    async def async_result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - as result()
+        request = pool_pb2.JobRef(job_id=self.id)
+        reply = await _transport.call(self.address, "GetResult", request, timeout)
+        status = JobStatus.from_proto(reply.status)
+        if not status.finished:
+            raise CallTimeoutError(
+                f"job {self.id} is still {status.state} after {timeout:.3g} s"
+                if timeout is not None
+                else f"job {self.id} is still {status.state}"
+            )
+        where = f"worker {status.worker_id} of {self.address} (job {self.id})"
+        value: R = _codec.decode_outcome(reply.outcome, self.name, where)
+        return value
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the job and return its value, or raise its error as
+        ``compute()`` would; CallTimeoutError if ``timeout`` passes first."""
+        return run_sync(self.async_result(timeout))
+
+    async def async_cancel(self) -> JobStatus:
+        reply = await _transport.call(
+            self.address, "CancelJob", pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
+        )
+        return JobStatus.from_proto(reply)
+
+    def cancel(self) -> JobStatus:
+        """Cancel the job: dropped if queued, its worker stopped if running."""
+        return run_sync(self.async_cancel())
+
+    async def watch(self) -> AsyncIterator[JobStatus]:
+        """Its status now and after every change, until it finishes."""
+        async for status in _transport.watch(self.address, self.id):
+            yield JobStatus.from_proto(status)
+
+
+def batch_status(reply: pool_pb2.BatchStatus) -> BatchStatus:
+    return BatchStatus(
+        batch_id=reply.batch_id,
+        total=reply.total,
+        states=dict(reply.states),
+        percent_done=reply.percent_done if math.isfinite(reply.percent_done) else 0.0,
+    )
