@@ -1,0 +1,244 @@
+"""``pool-client``: jobs and workers of a pool-server, from the shell.
+
+    pool-client workers
+    pool-client submit mypkg.sims:run 42 '{"steps": 10}' --kwargs '{"seed": 7}'
+    pool-client status JOB_ID | result JOB_ID | cancel JOB_ID | watch JOB_ID
+    pool-client jobs --state RUNNING
+    pool-client batch BATCH_ID
+
+``submit`` sends a JSON call: the function is imported *on the server* by
+name, each ARG is a JSON value (text that is not JSON is taken as a string),
+so no pickling happens here. Output is for people; ``--json`` prints JSON
+for scripts. Exit codes: 0 done, 1 the job failed (its error is printed),
+2 bad usage, 3 not finished in time, 4 cancelled, 5 no such job, 6 no
+server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from distribute_client import _transport
+from distribute_client._client import Client
+from distribute_client._jobs import Job, JobStatus
+from distribute_client.errors import (
+    CallTimeoutError,
+    JobCancelledError,
+    JobNotFoundError,
+    PoolError,
+    RemoteError,
+    ServerUnavailableError,
+    WorkerCrashedError,
+)
+from pool_proto import pool_pb2
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+EXIT_CANCELLED = 4
+EXIT_NOT_FOUND = 5
+EXIT_UNAVAILABLE = 6
+
+# The most specific class first: the first match decides the exit code.
+_EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ServerUnavailableError, EXIT_UNAVAILABLE),
+    (JobNotFoundError, EXIT_NOT_FOUND),
+    (JobCancelledError, EXIT_CANCELLED),
+    (CallTimeoutError, EXIT_TIMEOUT),
+    (WorkerCrashedError, EXIT_JOB_FAILED),
+    (RemoteError, EXIT_JOB_FAILED),
+    (PoolError, EXIT_JOB_FAILED),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    client = Client(args.server)
+    try:
+        code: int = args.command(client, args)
+    except Exception as e:
+        for error_type, exit_code in _EXIT_CODES:
+            if isinstance(e, error_type):
+                print(f"pool-client: {type(e).__name__}: {e}", file=sys.stderr)
+                return exit_code
+        print(f"pool-client: the job raised {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pool-client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--server", help="host:port (default: $POOL_SERVER, else 127.0.0.1:50051)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, function: Callable[[Client, argparse.Namespace], int], help: str) -> Any:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(command=function)
+        return sub
+
+    command("workers", _workers, "list the worker slots and the queue")
+    submit = command("submit", _submit, "submit MODULE:FUNCTION(ARG...) as a job")
+    submit.add_argument("function", metavar="MODULE:FUNCTION")
+    submit.add_argument("args", nargs="*", metavar="ARG", help="a JSON value per argument")
+    submit.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
+    submit.add_argument("--retries", type=int, default=0, help="attempts after a crash")
+    submit.add_argument("--timeout", type=float, default=0.0, help="limit per attempt, seconds")
+    for name, function, help in (
+        ("status", _status, "show a job's state and progress"),
+        ("result", _result, "wait for a job and print its result"),
+        ("cancel", _cancel, "cancel a job"),
+        ("watch", _watch, "follow a job's progress until it finishes"),
+    ):
+        sub = command(name, function, help)
+        sub.add_argument("job_id", metavar="JOB_ID")
+        if name == "result":
+            sub.add_argument("--timeout", type=float, help="give up after this many seconds")
+    jobs = command("jobs", _jobs, "list jobs, newest first")
+    jobs.add_argument("--state", help="only jobs in this state (e.g. RUNNING)")
+    jobs.add_argument("--batch", help="only jobs of this batch")
+    jobs.add_argument("--limit", type=int, default=50)
+    batch = command("batch", _batch, "show a batch's completion")
+    batch.add_argument("batch_id", metavar="BATCH_ID")
+    return parser
+
+
+def _workers(client: Client, args: argparse.Namespace) -> int:
+    status = client.status()
+    if args.json:
+        _print_json(dataclasses.asdict(status))
+        return EXIT_OK
+    print(f"{len(status.workers)} workers, queue {status.queue_length}/{status.queue_capacity}")
+    for w in status.workers:
+        print(
+            f"  worker {w.id}: {w.state:8} pid {w.pid:<7} {w.jobs_done} jobs, {w.restarts} restarts"
+        )
+    return EXIT_OK
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
+    kwargs = json.loads(args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise SystemExit("pool-client: --kwargs must be a JSON object")
+    call = {
+        "function": args.function,
+        "args": [_json_value(a) for a in args.args],
+        "kwargs": kwargs,
+    }
+    request = pool_pb2.SubmitRequest(
+        payloads=[json.dumps(call).encode()],
+        retries=args.retries,
+        time_limit_s=args.timeout,
+        name=args.function,
+    )
+    reply = asyncio.run(
+        _transport.call(client.address, "Submit", request, _transport.SUBMIT_TIMEOUT_S)
+    )
+    job_id = reply.job_ids[0]
+    _print_json({"job_id": job_id}) if args.json else print(job_id)
+    return EXIT_OK
+
+
+def _status(client: Client, args: argparse.Namespace) -> int:
+    _show(client.job(args.job_id).status(), args.json)
+    return EXIT_OK
+
+
+def _result(client: Client, args: argparse.Namespace) -> int:
+    value = client.job(args.job_id).result(timeout=args.timeout)
+    if args.json:
+        _print_json({"value": value})
+    else:
+        print(value if isinstance(value, str) else json.dumps(value, default=repr))
+    return EXIT_OK
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> int:
+    _show(client.job(args.job_id).cancel(), args.json)
+    return EXIT_OK
+
+
+def _watch(client: Client, args: argparse.Namespace) -> int:
+    async def follow(job: Job[Any]) -> JobStatus:
+        last = None
+        async for status in job.watch():
+            last = status
+            _show(status, args.json)
+        assert last is not None
+        return last
+
+    final = asyncio.run(follow(client.job(args.job_id)))
+    return EXIT_OK if final.state == "DONE" else _exit_for_state(final.state)
+
+
+def _jobs(client: Client, args: argparse.Namespace) -> int:
+    statuses = client.jobs(state=args.state, batch_id=args.batch, limit=args.limit)
+    if args.json:
+        _print_json([dataclasses.asdict(s) for s in statuses])
+        return EXIT_OK
+    for status in statuses:
+        _show(status, False)
+    return EXIT_OK
+
+
+def _batch(client: Client, args: argparse.Namespace) -> int:
+    batch = client.batch(args.batch_id)
+    if args.json:
+        _print_json(dataclasses.asdict(batch))
+        return EXIT_OK
+    states = ", ".join(f"{count} {state}" for state, count in sorted(batch.states.items()))
+    print(f"batch {batch.batch_id}: {batch.percent_done:.1f}% done of {batch.total} ({states})")
+    return EXIT_OK
+
+
+def _show(status: JobStatus, as_json: bool) -> None:
+    if as_json:
+        _print_json(dataclasses.asdict(status))
+        return
+    parts = [status.id, status.state]
+    if status.progress is not None:
+        parts.append(f"{status.progress:.0%}")
+    if status.message:
+        parts.append(repr(status.message))
+    parts.append(f"attempt {status.attempts}/{status.max_attempts}")
+    if status.worker_id:
+        parts.append(f"worker {status.worker_id}")
+    if status.started_at:
+        end = status.finished_at or time.time()
+        parts.append(f"{end - status.started_at:.1f} s")
+    if status.name:
+        parts.append(status.name)
+    if status.error:
+        parts.append(f"error: {status.error}")
+    print("  ".join(parts), flush=True)
+
+
+def _exit_for_state(state: str) -> int:
+    return {"CANCELLED": EXIT_CANCELLED, "TIMED_OUT": EXIT_TIMEOUT}.get(state, EXIT_JOB_FAILED)
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, default=repr), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
