@@ -69,6 +69,13 @@ class RemoteFunction(Generic[P, R]):
         """Run one call from asyncio code: ``await f.async_run(x)``."""
         return await self(*args, **kwargs).async_run()
 
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Submit one call as a durable job: ``job = f.submit(x)``."""
+        return self(*args, **kwargs).submit()
+
+    async def async_submit(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        return await self(*args, **kwargs).async_submit()
+
     def map(
         self,
         *iterables: Iterable[Any],

@@ -71,6 +71,13 @@ class JobTimedOut(CallError):
     kind = "job-timed-out"
 
 
+class JobInterrupted(CallError):
+    """The server stopped while the job ran its last attempt."""
+
+    code = grpc.StatusCode.ABORTED
+    kind = "interrupted"
+
+
 class JobCancelled(CallError):
     """The job was cancelled (by CancelJob, or its caller went away)."""
 
@@ -94,7 +101,15 @@ class QueueFull(CallError):
 
 _KINDS: dict[str, type[CallError]] = {
     cls.kind: cls
-    for cls in (CallError, DeadlineExceeded, InvalidCall, ShuttingDown, JobTimedOut, JobCancelled)
+    for cls in (
+        CallError,
+        DeadlineExceeded,
+        InvalidCall,
+        ShuttingDown,
+        JobTimedOut,
+        JobInterrupted,
+        JobCancelled,
+    )
 }
 
 

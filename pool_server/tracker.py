@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from pool_server.errors import InvalidCall, JobNotFound, QueueFull, ShuttingDown
+from pool_server.errors import InvalidCall, JobInterrupted, JobNotFound, QueueFull
 from pool_server.jobs import Job, JobState, new_job_id
 from pool_server.journal import BatchCounts, Journal
 from pool_server.supervisor import WorkerPool
@@ -44,7 +44,7 @@ class JobTracker:
                 job.transition(JobState.INTERRUPTED)
             if job.state is JobState.INTERRUPTED:
                 if not job.attempts_left:
-                    job.error = ShuttingDown(
+                    job.error = JobInterrupted(
                         f"the server stopped while job {job.id} ran its last attempt "
                         f"({job.attempts} of {job.max_attempts})"
                     )
