@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,15 +65,20 @@ class Address:
         return f"grpcs://{self.target}" if self.tls else self.target
 
 
-# grpc.aio channels belong to the event loop that made them.
-_channels: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[Address, pool_pb2_grpc.PoolStub]
-] = weakref.WeakKeyDictionary()
+# grpc.aio channels belong to the event loop that made them. A channel holds
+# its loop, so entries are dropped by hand once their loop is closed (each
+# asyncio.run() makes a new loop).
+_channels: dict[asyncio.AbstractEventLoop, dict[Address, pool_pb2_grpc.PoolStub]] = {}
 
 
 def stub_for(address: Address) -> pool_pb2_grpc.PoolStub:
     """A stub on a channel shared by every call to ``address`` on this loop."""
-    stubs = _channels.setdefault(asyncio.get_running_loop(), {})
+    loop = asyncio.get_running_loop()
+    stubs = _channels.get(loop)
+    if stubs is None:
+        for closed in [other for other in _channels if other.is_closed()]:
+            del _channels[closed]
+        stubs = _channels[loop] = {}
     stub = stubs.get(address)
     if stub is None:
         if address.tls:

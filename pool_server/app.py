@@ -34,6 +34,10 @@ EXIT_STATE_UNUSABLE = 5  # the state dir is locked by another server, or the jou
 # up and exits, instead of serving with a pool that cannot run anything.
 STARTUP_TIMEOUT_S = 60.0
 
+# After the grace, failed calls still need a moment to be answered before
+# gRPC itself cancels whatever is left.
+SHUTDOWN_SLACK_S = 2.0
+
 # Room for the payload plus the protobuf envelope.
 MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
 
@@ -66,7 +70,7 @@ def run(config: ServerConfig) -> int:
 
 async def _serve(config: ServerConfig) -> int:
     started = time.monotonic()
-    stop = _stop_on_signals()
+    stop, hurry = _stop_on_signals()
     try:
         lock = _lock_state_dir(config.state_dir)
         journal = Journal(config.state_dir)
@@ -87,7 +91,7 @@ async def _serve(config: ServerConfig) -> int:
             if not await _wait_ready(pool, stop):
                 return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
             service = PoolService(pool, tracker)
-            await _start_grpc(server, service)
+            health_servicer = await _start_grpc(server, service)
             print(
                 f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
                 f"(pid {os.getpid()})",
@@ -96,10 +100,16 @@ async def _serve(config: ServerConfig) -> int:
             expiry = asyncio.ensure_future(tracker.expire_forever())
             await stop.wait()
             expiry.cancel()
-            log.info("stopping: refusing new calls, giving running ones %.3g s", config.grace)
-            deadline = time.monotonic() + config.grace
-            await server.stop(config.grace)
-            await pool.drain(max(deadline - time.monotonic(), 0.0))
+            log.info(
+                "stopping: refusing new calls, giving running ones %.3g s "
+                "(signal again to stop at once)",
+                config.grace,
+            )
+            await health_servicer.enter_graceful_shutdown()
+            # gRPC's own deadline comes after ours: by then every call is answered.
+            grpc_stopped = asyncio.ensure_future(server.stop(config.grace + SHUTDOWN_SLACK_S))
+            await pool.shut_down(config.grace, hurry)
+            await grpc_stopped
 
     log.info(
         "stopped after %.0f s: %d calls answered, %d failed, %d jobs submitted, %d worker restarts",
@@ -112,13 +122,14 @@ async def _serve(config: ServerConfig) -> int:
     return EXIT_OK
 
 
-async def _start_grpc(server: grpc.aio.Server, service: PoolService) -> None:
+async def _start_grpc(server: grpc.aio.Server, service: PoolService) -> health.aio.HealthServicer:
     pool_pb2_grpc.add_PoolServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return health_servicer
 
 
 def _lock_state_dir(state_dir: Path) -> contextlib.AbstractContextManager[object]:
@@ -141,19 +152,21 @@ def _lock_state_dir(state_dir: Path) -> contextlib.AbstractContextManager[object
     return lock_file
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event set by the first SIGTERM or SIGINT (the server then stops)."""
-    stop = asyncio.Event()
+def _stop_on_signals() -> tuple[asyncio.Event, asyncio.Event]:
+    """Events set by the first SIGTERM or SIGINT (stop gracefully) and by the
+    second (stop now, without waiting out the grace)."""
+    stop, hurry = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
         if stop.is_set():
-            log.info("%s: already stopping", sig.name)
+            log.info("%s again: stopping without waiting for running calls", sig.name)
+            hurry.set()
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    return stop
+    return stop, hurry
 
 
 async def _wait_ready(pool: WorkerPool, stop: asyncio.Event) -> bool:

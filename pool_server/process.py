@@ -70,24 +70,33 @@ class WorkerProcess:
         self._job_id = ""
         self._reply: asyncio.Future[JobOutcome] | None = None
         self._on_progress: Callable[[Progress], None] | None = None
-        # Both pipes are read for the whole life of the process; the stdout
-        # reader ending means the worker is gone (or broke the protocol).
-        self.gone: asyncio.Task[None] = asyncio.ensure_future(self._read_stdout())
+        self.protocol_error: str | None = None  # why we gave up on it, if it broke the protocol
+        # Both pipes are read for the whole life of the process.
+        self._stdout_reader = asyncio.ensure_future(self._read_stdout())
         self._stderr_reader = asyncio.ensure_future(self._read_stderr())
+        # Done when the worker exits or closes its protocol channel, whichever
+        # comes first: a child it forked may hold the pipe open after it died.
+        self._exited = asyncio.ensure_future(self._proc.wait())
+        self.gone = asyncio.ensure_future(
+            asyncio.wait((self._stdout_reader, self._exited), return_when="FIRST_COMPLETED")
+        )
 
     def __repr__(self) -> str:
         return f"<WorkerProcess worker={self.worker_id} pid={self.pid} rc={self._proc.returncode}>"
 
     @classmethod
     async def start(cls, worker_id: int) -> WorkerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            *WORKER_COMMAND,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=MAX_LINE_BYTES,
-            start_new_session=True,  # Ctrl-C in the server's terminal is the server's to handle
-        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *WORKER_COMMAND,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                limit=MAX_LINE_BYTES,
+                start_new_session=True,  # Ctrl-C in the server's terminal is the server's
+            )
+        except OSError as e:  # out of file descriptors, processes or memory
+            raise WorkerStartError(f"cannot spawn {WORKER_COMMAND}: {e}") from e
         try:
             await _handshake(proc)
         except BaseException:
@@ -121,8 +130,13 @@ class WorkerProcess:
             with contextlib.suppress(ConnectionError):  # a dead worker is reported by `reply`
                 await self._proc.stdin.drain()
             await asyncio.wait(
-                (reply, until), timeout=time_limit, return_when=asyncio.FIRST_COMPLETED
+                (reply, until, self.gone), timeout=time_limit, return_when=asyncio.FIRST_COMPLETED
             )
+            if self.gone.done() and not reply.done():
+                # It exited; its last line may still be in the pipe.
+                await asyncio.wait((reply,), timeout=PIPE_DRAIN_TIMEOUT_S)
+                if not reply.done():
+                    raise WorkerDied()
         finally:
             self._reply = self._on_progress = None
         return reply.result() if reply.done() else None
@@ -148,6 +162,21 @@ class WorkerProcess:
                 await self._proc.wait()
         await self._close()
 
+    def describe_exit(self, code: int) -> str:
+        """How the worker ended, in words, e.g. "was killed by SIGKILL (...)"."""
+        if self.protocol_error is not None:
+            return f"broke the line protocol ({self.protocol_error}) and was killed"
+        if code >= 0:
+            return f"exited with code {code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"was killed by {name}"
+        if code == -signal.SIGKILL:
+            how += " (possibly by the out-of-memory killer)"
+        return how
+
     async def stop(self) -> None:
         """Close the worker's stdin so it exits when idle; kill it if it does not."""
         assert self._proc.stdin is not None
@@ -162,7 +191,7 @@ class WorkerProcess:
     async def _close(self) -> None:
         """Kill whatever the worker left behind and stop reading its pipes."""
         _signal_group(self.pid, signal.SIGKILL)
-        readers = (self.gone, self._stderr_reader)
+        readers = (self._stdout_reader, self._stderr_reader)
         _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT_S)
         for reader in pending:
             reader.cancel()
@@ -173,6 +202,7 @@ class WorkerProcess:
             while line := await self._proc.stdout.readline():
                 self._handle_line(line)
         except (ValueError, ProtocolError) as e:  # ValueError: line over MAX_LINE_BYTES
+            self.protocol_error = str(e)
             log.error("worker %d (pid %d) broke the protocol: %s", self.worker_id, self.pid, e)
             _signal_group(self.pid, signal.SIGKILL)
         finally:

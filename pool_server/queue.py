@@ -31,6 +31,10 @@ class JobQueue(Generic[T]):
             f"getters={len(self._getters)} putters={len(self._putters)}>"
         )
 
+    def snapshot(self) -> list[T]:
+        """The waiting items, oldest first (a copy)."""
+        return list(self._items)
+
     def full(self) -> bool:
         return len(self._items) >= self.maxsize
 

@@ -22,9 +22,10 @@ import contextlib
 import enum
 import functools
 import logging
-import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pool_server.errors import CallError, JobCancelled, JobTimedOut, ShuttingDown, WorkerCrashed
 from pool_server.jobs import Job, JobState
@@ -39,6 +40,10 @@ log = logging.getLogger("pool_server.supervisor")
 # rather than a spinning CPU.
 RESTART_BACKOFF_MIN_S = 0.1
 RESTART_BACKOFF_MAX_S = 10.0
+
+# A worker that dies idle within this long of starting counts as a failed
+# start for the backoff; one that lived longer resets it.
+HEALTHY_AFTER_S = 10.0
 
 
 class WorkerState(enum.Enum):
@@ -114,13 +119,28 @@ class WorkerPool:
         """Queue ``job``, waiting for room while the queue is full."""
         await self.queue.put(job)
 
-    async def drain(self, grace_s: float) -> None:
-        """Take no new jobs; wait up to ``grace_s`` for the running ones to finish."""
+    async def shut_down(self, grace_s: float, hurry: asyncio.Event) -> None:
+        """Take no new jobs, answer queued calls at once, and give running ones
+        ``grace_s`` (or until ``hurry`` is set) before their calls are failed.
+
+        Durable jobs are left to the journal: queued ones stay QUEUED, and one
+        still running when the grace ends is interrupted (and re-queued at the
+        next start if it has attempts left).
+        """
         self._draining.set()
+        for job in self.queue.snapshot():
+            if not job.durable:
+                self.cancel(job, ShuttingDown("the server is stopping; the call did not start"))
         running = [w.job.done for w in self.workers if w.job is not None]
         if running:
-            log.info("waiting up to %.3g s for %d running jobs", grace_s, len(running))
-            await asyncio.wait(running, timeout=grace_s)
+            log.info("giving %d running jobs up to %.3g s to finish", len(running), grace_s)
+            hurried: asyncio.Future[Any] = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait([*running, hurried], timeout=grace_s)
+            hurried.cancel()
+        for worker in self.workers:
+            if worker.job is not None and not worker.job.durable:
+                message = f"the server stopped before the call finished (--grace {grace_s:g} s)"
+                self.cancel(worker.job, ShuttingDown(message))
 
     def cancel(self, job: Job, error: CallError | None = None) -> None:
         """Finish ``job`` as CANCELLED: drop it if queued; if it runs, its
@@ -132,23 +152,42 @@ class WorkerPool:
         job.transition(JobState.CANCELLED)
 
     async def _serve(self, worker: Worker) -> None:
+        """Keep one slot staffed: start a worker, feed it, replace it, forever."""
+        delay = RESTART_BACKOFF_MIN_S
         while True:
             process = await self._start(worker)
-            try:
-                await self._run_jobs(worker, process)
-            except asyncio.CancelledError:
-                _fail_job(worker, ShuttingDown("the server stopped while the call ran"))
-                raise
-            except Exception as e:
-                log.exception("supervisor error on %r; replacing its worker", worker)
-                _fail_job(worker, CallError(f"internal error in the pool-server supervisor: {e!r}"))
-                if worker.state in (WorkerState.IDLE, WorkerState.BUSY):
-                    _set_state(worker, WorkerState.STOPPING)
-                await process.kill()
-            if worker.state is WorkerState.STOPPING:
-                _set_state(worker, WorkerState.DEAD)
+            started = time.monotonic()
+            died_idle = await self._run_until_replaced(worker, process)
             worker.job = None
             worker.restarts += 1
+            if died_idle and time.monotonic() - started < HEALTHY_AFTER_S:
+                # Dying with no job to blame is the environment's doing (memory
+                # pressure, a broken site module): back off as for failed starts.
+                log.warning(
+                    "worker %d died soon after start; restarting in %.1f s", worker.id, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_MAX_S)
+            else:
+                delay = RESTART_BACKOFF_MIN_S
+
+    async def _run_until_replaced(self, worker: Worker, process: WorkerProcess) -> bool:
+        """Run jobs on ``process`` until it must go; True if it died while idle."""
+        died_idle = False
+        try:
+            died_idle = await self._run_jobs(worker, process)
+        except asyncio.CancelledError:
+            _fail_job(worker, ShuttingDown("the server stopped while the call ran"))
+            raise
+        except Exception as e:
+            log.exception("supervisor error on %r; replacing its worker", worker)
+            _fail_job(worker, CallError(f"internal error in the pool-server supervisor: {e!r}"))
+            if worker.state in (WorkerState.IDLE, WorkerState.BUSY):
+                _set_state(worker, WorkerState.STOPPING)
+            await process.kill()
+        if worker.state is WorkerState.STOPPING:
+            _set_state(worker, WorkerState.DEAD)
+        return died_idle
 
     async def _start(self, worker: Worker) -> WorkerProcess:
         delay = RESTART_BACKOFF_MIN_S
@@ -167,8 +206,9 @@ class WorkerPool:
             worker.ready.set()
             return worker.process
 
-    async def _run_jobs(self, worker: Worker, process: WorkerProcess) -> None:
-        """Feed jobs to one process until it has to be replaced."""
+    async def _run_jobs(self, worker: Worker, process: WorkerProcess) -> bool:
+        """Feed jobs to one process until it has to be replaced; True if it
+        died while idle."""
         while True:
             if self._draining.is_set():
                 await asyncio.Future()  # parked until the pool closes and cancels us
@@ -177,10 +217,10 @@ class WorkerPool:
                 self.queue.requeue(job)
                 continue
             if job is None:
-                log.warning("worker %d (pid %d) died while idle", worker.id, worker.pid)
+                how = process.describe_exit(await process.exit_code())
+                log.warning("worker %d (pid %d) %s while idle", worker.id, process.pid, how)
                 _set_state(worker, WorkerState.DEAD)
-                await process.exit_code()
-                return
+                return True
             if job.state is not JobState.QUEUED:  # cancelled while it waited
                 continue
             _set_state(worker, WorkerState.BUSY)
@@ -198,12 +238,12 @@ class WorkerPool:
             except WorkerDied:
                 _set_state(worker, WorkerState.DEAD)
                 await self._crashed(worker, process, job)
-                return
+                return False
             if reply is None:  # cancelled, or past its time limit: the worker must go
                 _set_state(worker, WorkerState.STOPPING)
                 self._stop_running(job)
                 await process.kill()
-                return
+                return False
             self._answered(job, reply)
             worker.jobs_done += 1
             worker.job = None
@@ -245,6 +285,8 @@ class WorkerPool:
 
     async def _next_job(self, process: WorkerProcess) -> Job | None:
         """The next job, or ``None`` if the idle worker died while waiting."""
+        if process.gone.done():
+            return None
         job = self.queue.get_nowait()
         if job is not None:
             return job
@@ -262,12 +304,7 @@ class WorkerPool:
 
     async def _crashed(self, worker: Worker, process: WorkerProcess, job: Job) -> None:
         code = await process.exit_code()
-        if code < 0:
-            how = f"was killed by {signal.Signals(-code).name}"
-            if code == -signal.SIGKILL:
-                how += " (possibly by the out-of-memory killer)"
-        else:
-            how = f"exited with code {code}"
+        how = process.describe_exit(code)
         message = f"worker {worker.id} (pid {process.pid}) {how} while running job {job.id}"
         log.warning("%s", message)
         if job.state.finished:
@@ -292,8 +329,12 @@ class WorkerPool:
                 job.transition(JobState.FAILED)
         async with asyncio.TaskGroup() as tg:
             for worker in self.workers:
-                if worker.process is not None:
-                    tg.create_task(worker.process.stop())
+                if worker.process is None:
+                    continue
+                if worker.state in (WorkerState.IDLE, WorkerState.STARTING):
+                    tg.create_task(worker.process.stop())  # EOF: it exits on its own
+                else:
+                    tg.create_task(worker.process.kill())  # busy past the grace
 
 
 def _fail_job(worker: Worker, error: CallError) -> None:

@@ -299,3 +299,13 @@ def test_bad_address_is_rejected() -> None:
     """A malformed address is a ValueError at decoration time."""
     with pytest.raises(ValueError, match="not host:port"):
         compute_this("localhost")(add)
+
+
+def test_channels_of_closed_loops_are_dropped(server: ServerProcess) -> None:
+    """Each asyncio.run() gets a channel; closed loops' channels are not kept."""
+    from distribute_client import _transport
+
+    remote = compute_this(server.address)(add)
+    for i in range(5):
+        assert asyncio.run(remote.async_run(i, 0)) == i
+    assert len(_transport._channels) <= 2  # the last asyncio.run's and the blocking API's

@@ -247,3 +247,48 @@ def test_workers_that_cannot_start_back_off(tmp_path: Path) -> None:
     assert "retrying in 0.8 s" in text
     assert code == 0
     assert not pid_alive(proc.pid)
+
+
+def fork_then_exit() -> None:
+    """The worker dies while a child it forked still holds its pipes."""
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    os._exit(3)
+
+
+def die_of_realtime_signal() -> None:
+    os.kill(os.getpid(), signal.SIGRTMIN + 5)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+def raise_unprintable() -> None:
+    raise Unprintable()
+
+
+def test_death_is_seen_even_when_a_child_holds_the_pipe(server: ServerProcess) -> None:
+    """A worker's exit is noticed by awaiting the process, not only its pipe."""
+    started = time.monotonic()
+    with pytest.raises(WorkerCrashedError, match="exited with code 3"):
+        compute_this(server.address, timeout=30)(fork_then_exit)().compute()
+    assert time.monotonic() - started < 10
+    wait_until(all_idle(server, 2), 30, "both workers idle")
+
+
+def test_unnamed_signal_is_reported_by_number(server: ServerProcess) -> None:
+    """A real-time signal has no name; the error says its number."""
+    with pytest.raises(WorkerCrashedError, match=f"killed by signal {signal.SIGRTMIN + 5}"):
+        compute_this(server.address)(die_of_realtime_signal)().compute()
+
+
+def test_exception_whose_str_fails_leaves_the_worker_alive(server: ServerProcess) -> None:
+    """Even an exception that cannot be printed comes back without killing the worker."""
+    wait_until(all_idle(server, 2), 30, "both workers idle")
+    restarts = total_restarts(server)
+    with pytest.raises(Unprintable):
+        compute_this(server.address)(raise_unprintable)().compute()
+    assert total_restarts(server) == restarts

@@ -54,9 +54,22 @@ class _Ran:
 def run_payload(payload: bytes) -> tuple[ResultStatus, bytes]:
     """Decode, run and answer one call, in the payload's own format."""
     ran = _run(payload)
-    if is_json(payload):
-        return _result_status(ran), _encode_json(ran)
-    return _encode_pickle(ran)
+    try:
+        if is_json(payload):
+            status, outcome = _result_status(ran), _encode_json(ran)
+        else:
+            status, outcome = _encode_pickle(ran)
+        if len(outcome) > MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"the outcome is {len(outcome)} bytes with {len(ran.stdout)} characters of "
+                f"captured stdout and {len(ran.stderr)} of stderr, over {MAX_PAYLOAD_BYTES}"
+            )
+    except Exception as e:  # the last line of defence: the worker must keep serving
+        bare = _Ran(OutcomeStatus.BAD_RESULT, error=e, context="the outcome could not be sent")
+        return ResultStatus.ERROR, _encode_json(bare) if is_json(payload) else _encode_pickle(bare)[
+            1
+        ]
+    return status, outcome
 
 
 def _run(payload: bytes) -> _Ran:
@@ -192,6 +205,13 @@ def _pickle_exception(error: BaseException) -> bytes:
         return b""  # the client falls back to RemoteError built from ErrorInfo
 
 
+def _safe_str(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__} whose str() failed>"
+
+
 def _drop_own_frames(error: BaseException) -> None:
     """Start the traceback at the user's code, not at this module's frames."""
     tb = error.__traceback__
@@ -202,7 +222,8 @@ def _drop_own_frames(error: BaseException) -> None:
 
 
 def _error_info(error: BaseException, context: str) -> ErrorInfo:
-    message = f"{context}: {error}" if context else str(error)
+    text = _safe_str(error)
+    message = f"{context}: {text}" if context else text
     return ErrorInfo(
         type_name=f"{type(error).__module__}.{type(error).__qualname__}",
         message=message,
