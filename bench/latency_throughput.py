@@ -16,15 +16,13 @@ import argparse
 import asyncio
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
+from bench._server import pool_server
 from distribute_client import RemoteFunction, compute_this
 
 WARMUP_CALLS = 100
@@ -33,27 +31,6 @@ STOP_TIMEOUT_S = 30.0
 
 def noop() -> None:
     return None
-
-
-@contextmanager
-def pool_server(workers: int) -> Iterator[str]:
-    """Start a pool-server on a free port; yield its address; SIGTERM it at the end."""
-    command = [sys.executable, "-m", "pool_server", "--workers", str(workers), "--port", "0"]
-    command += ["--log-level", "warning"]  # keep the server's info lines out of the figures
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()  # the server gives up by itself if never ready
-        if "serving on" not in line:
-            raise RuntimeError(f"pool-server did not start (exit code {proc.wait()}): {line!r}")
-        yield line.split("serving on ", 1)[1].split()[0]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def summary(seconds: list[float]) -> str:
@@ -118,9 +95,9 @@ def main() -> int:
         f"machine: {os.cpu_count()} CPUs, {platform.python_implementation()} "
         f"{platform.python_version()} on {platform.platform()}"
     )
-    with pool_server(args.workers) as address:
-        print(f"server: {address} with {args.workers} workers")
-        remote = compute_this(address)(noop)
+    with pool_server(args.workers) as server:
+        print(f"server: {server.address} with {args.workers} workers")
+        remote = compute_this(server.address)(noop)
 
         time_each(lambda: remote().compute(), WARMUP_CALLS)
         samples = time_each(lambda: remote().compute(), args.calls)

@@ -10,12 +10,18 @@ The path of one call through the server::
        │        process.WorkerProcess: "JOB id b64" line ──> worker stdin
        └── RunReply <── JobResult <── "RESULT id b64" line <── worker stdout
 
+Submitted (durable) jobs take the same path from the queue on; ``Submit``
+journals them first, and they are answered by ``GetResult``/``WatchJob``
+instead of the RPC that created them.
+
 Who owns what: ``config`` the settings, ``cli`` the command line, ``app``
 start-up, signals and shutdown, ``service`` gRPC and the mapping of
 ``errors`` to statuses, ``queue`` the bounded job queue, ``jobs`` the job
-record, ``supervisor`` the slots' state machine, restarts and backoff,
-``process`` the I/O with one worker process. Payloads are opaque bytes here:
-the server never unpickles them.
+record and its state machine, ``tracker`` durable jobs (submit, lookup,
+recovery, expiry), ``journal`` their SQLite journal, ``supervisor`` the
+worker slots' state machine, retries, restarts and backoff, ``process`` the
+I/O with one worker process. Payloads are opaque bytes here: the server
+never unpickles them.
 """
 
 import os

@@ -7,10 +7,12 @@ The server starts ``python -m worker_proc`` with pipes on fds 0, 1 and 2::
               <- READY pid v    handshake (protocol.py)
     JOB id b64 ->               runner.run_payload(): import depmodules,
                                 unpickle, call with stdout/stderr captured
-              <- RESULT id b64  pickled CallOutcome (payload.py)
+              <- PROGRESS id f b64   any number, from progress() (reporting.py)
+              <- RESULT id ok b64    pickled CallOutcome (payload.py)
 
-Who owns what: ``protocol`` the line format, ``payload`` the pickled call and
-outcome, ``runner`` running one call, ``__main__`` the process itself (private
-protocol descriptors, dying with the server, the read-run-write loop). This
-package never talks gRPC.
+Who owns what: ``protocol`` the line format, ``payload`` the call and outcome
+formats (pickle or JSON), ``runner`` running one call, ``reporting``
+throttled progress reports, ``__main__`` the process itself (private protocol
+descriptors, dying with the server, the read-run-write loop). This package
+never talks gRPC.
 """
