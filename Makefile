@@ -38,6 +38,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m bench.latency_throughput
+	$(BIN)/python -m bench.jobs_throughput
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Ipool_proto=proto --python_out=. \
