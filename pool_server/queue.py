@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -50,10 +50,13 @@ class JobQueue(Generic[T]):
         self._items.append(item)
         _wake_first(self._getters)
 
-    async def get(self) -> T:
-        """Remove and return the oldest item, waiting while there is none."""
+    async def get(self, until: asyncio.Future[Any] | None = None) -> T | None:
+        """Remove and return the oldest item, waiting while there is none;
+        ``None`` (nothing taken) as soon as ``until`` is done."""
         while not self._items:
-            await self._wait(self._getters)
+            if until is not None and until.done():
+                return None
+            await self._wait(self._getters, until)
         item = self._items.popleft()
         _wake_first(self._putters)
         return item
@@ -84,9 +87,20 @@ class JobQueue(Generic[T]):
         _wake_first(self._putters)
         return True
 
-    async def _wait(self, waiters: collections.deque[asyncio.Future[None]]) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _wait(
+        self,
+        waiters: collections.deque[asyncio.Future[None]],
+        until: asyncio.Future[Any] | None = None,
+    ) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
+
+        def on_until(_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        if until is not None:
+            until.add_done_callback(on_until)
         try:
             await waiter
         except asyncio.CancelledError:
@@ -99,6 +113,11 @@ class JobQueue(Generic[T]):
             elif waiters is self._putters and not self.full():
                 _wake_first(self._putters)
             raise
+        finally:
+            if until is not None:
+                until.remove_done_callback(on_until)
+                if waiter in waiters:  # woken by `until`, not by an item
+                    waiters.remove(waiter)
 
 
 def _wake_first(waiters: collections.deque[asyncio.Future[None]]) -> None:

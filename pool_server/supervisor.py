@@ -287,20 +287,11 @@ class WorkerPool:
         """The next job, or ``None`` if the idle worker died while waiting."""
         if process.gone.done():
             return None
-        job = self.queue.get_nowait()
-        if job is not None:
-            return job
-        getter = asyncio.ensure_future(self.queue.get())
-        try:
-            await asyncio.wait((getter, process.gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            getter.cancel()
-        if getter.done() and not getter.cancelled():
-            job = getter.result()
-            if not process.gone.done():
-                return job
+        job = await self.queue.get(until=process.gone)
+        if job is not None and process.gone.done():  # it died just as the job came
             self.queue.requeue(job)
-        return None
+            return None
+        return job
 
     async def _crashed(self, worker: Worker, process: WorkerProcess, job: Job) -> None:
         code = await process.exit_code()

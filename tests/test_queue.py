@@ -56,3 +56,17 @@ async def test_requeue_puts_a_job_back_at_the_head() -> None:
     assert taken == 1
     queue.requeue(taken)
     assert [queue.get_nowait(), queue.get_nowait(), queue.get_nowait()] == [1, 2, None]
+
+
+async def test_get_gives_up_when_until_is_done() -> None:
+    """get(until=f) returns None once f is done, taking nothing and leaving no waiter."""
+    queue: JobQueue[int] = JobQueue(maxsize=5)
+    gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    getter = asyncio.ensure_future(queue.get(until=gone))
+    other = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    gone.set_result(None)
+    assert await asyncio.wait_for(getter, 1) is None
+    await queue.put(3)
+    assert await asyncio.wait_for(other, 1) == 3
+    assert await queue.get(until=gone) is None  # already done: returns at once
