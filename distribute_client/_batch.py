@@ -1,11 +1,15 @@
-"""``f.map()``: many submitted jobs with bounded work in flight, results in order.
+"""``f.map()``: many calls as submitted jobs, bounded in flight, results in order.
 
-Arguments are bound and pickled as the iterable is consumed, jobs are
-submitted in chunks (one Submit RPC per chunk), and no more than
-``max_in_flight`` jobs are outstanding at once, so an endless generator of
-arguments is fine. Results come back in input order; an item's error is
-raised when its turn comes. Stopping early (``break``, an error, closing the
-iterator) cancels the jobs still outstanding.
+Calls travel in *chunks*: one job carries up to ``MAX_CALLS_PER_JOB`` calls
+of the same function (pickled once), so the per-job costs (journal commits,
+RPCs, a worker round trip) are paid once per chunk rather than per call.
+Chunks are sized so that every worker still gets several of them, keeping
+the load balanced when calls are slow. Up to ``JOBS_PER_SUBMIT`` chunks go
+in one Submit RPC, and no more than ``max_in_flight`` calls are outstanding
+at once, so an endless generator of arguments is fine. Results come back in
+input order; a call's error is raised when its turn comes. Stopping early
+(``break`` inside ``with``, an error, ``close()``) cancels the jobs still
+outstanding.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import itertools
 import secrets
 import sys
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tqdm import tqdm
 
-from distribute_client import _transport
+from distribute_client import _codec, _transport
+from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
 from pool_proto import pool_pb2
@@ -30,77 +36,119 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 
-# Jobs per Submit RPC: large enough to amortise the RPC, small enough that
-# the first results are not held up behind a huge request.
-SUBMIT_CHUNK = 256
+# Calls per job: large enough to amortise a job's fixed cost (about a
+# millisecond), small enough to stay far below the payload limit.
+MAX_CALLS_PER_JOB = 256
 
-# Default bound on submitted-but-not-yet-yielded jobs.
-DEFAULT_MAX_IN_FLIGHT = 4096
+# Aim for at least this many jobs per worker, so that slow calls still
+# spread evenly; an unsized iterable gets DEFAULT_CALLS_PER_JOB.
+JOBS_PER_WORKER = 4
+DEFAULT_CALLS_PER_JOB = 16
+
+# Jobs per Submit RPC.
+JOBS_PER_SUBMIT = 64
+
+# Default bound on submitted-but-not-yet-yielded calls.
+DEFAULT_MAX_IN_FLIGHT = 8192
+
+Args = tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def new_batch_id() -> str:
     return f"b{secrets.token_hex(6)}"
 
 
+def calls_per_job(total: int | None, workers: int) -> int:
+    if total is None:
+        return DEFAULT_CALLS_PER_JOB
+    return max(1, min(MAX_CALLS_PER_JOB, total // (max(workers, 1) * JOBS_PER_WORKER)))
+
+
 async def submit(
-    remote: RemoteFunction[..., R],
-    arguments: list[tuple[Any, ...]],
-    batch_id: str,
-    kwargs: dict[str, Any] | None = None,
-) -> list[Job[R]]:
-    """Submit one job per argument tuple in one RPC; all are accepted or none."""
-    payloads = [remote(*args, **(kwargs or {})).payload() for args in arguments]
-    address = remote.address
+    remote: RemoteFunction[..., Any], payloads: list[bytes], item_counts: list[int], batch_id: str
+) -> list[Job[Any]]:
+    """Submit one job per payload in one RPC; all are accepted or none."""
+    name = remote.function.__qualname__
     request = pool_pb2.SubmitRequest(
         payloads=payloads,
         retries=remote.retries,
         time_limit_s=remote.timeout or 0.0,
         batch_id=batch_id,
-        name=remote.function.__qualname__,
+        name=name,
+        item_counts=item_counts,
     )
+    address = remote.address
     reply = await _transport.call(address, "Submit", request, _transport.SUBMIT_TIMEOUT_S)
-    return [Job(address, job_id, remote.function.__qualname__) for job_id in reply.job_ids]
+    return [Job(address, job_id, name) for job_id in reply.job_ids]
+
+
+@dataclass
+class _Chunk:
+    job: Job[Any]
+    calls: int
+    outcome: asyncio.Future[tuple[Any, bytes]]
 
 
 async def map_results(
     remote: RemoteFunction[..., R],
-    arguments: Iterator[tuple[Any, ...]],
+    calls: Iterator[Args],
     batch_id: str,
     max_in_flight: int,
+    chunk_size: int,
     on_result: Callable[[], None],
 ) -> AsyncGenerator[R, None]:
-    outstanding: collections.deque[tuple[Job[R], asyncio.Future[R]]] = collections.deque()
+    outstanding: collections.deque[_Chunk] = collections.deque()
+    in_flight = 0
+    name = remote.function.__qualname__
     try:
         while True:
-            room = max_in_flight - len(outstanding)
-            chunk = list(itertools.islice(arguments, min(SUBMIT_CHUNK, room))) if room else []
+            room = min(max_in_flight - in_flight, chunk_size * JOBS_PER_SUBMIT)
+            chunk = list(itertools.islice(calls, room)) if room >= min(chunk_size, 1) else []
             if chunk:
-                jobs = await submit(remote, chunk, batch_id)
-                outstanding.extend((job, asyncio.ensure_future(job.async_result())) for job in jobs)
+                in_flight += len(chunk)
+                outstanding.extend(await _submit_chunks(remote, chunk, chunk_size, batch_id))
                 continue
             if not outstanding:
                 return
-            _, result = outstanding.popleft()
-            value = await result
-            on_result()
-            yield value
+            done = outstanding.popleft()
+            in_flight -= done.calls
+            status, data = await done.outcome
+            where = done.job.where(status)
+            for outcome in _codec.decode_batch(data, name, where, done.calls):
+                value: R = _codec.value_of(outcome, name, where)
+                on_result()
+                yield value
     finally:
-        for _, result in outstanding:
-            result.cancel()
+        for pending in outstanding:
+            pending.outcome.cancel()
         await asyncio.gather(
-            *(job.async_cancel() for job, _ in outstanding), return_exceptions=True
+            *(pending.job.async_cancel() for pending in outstanding), return_exceptions=True
         )
+
+
+async def _submit_chunks(
+    remote: RemoteFunction[..., Any], calls: list[Args], chunk_size: int, batch_id: str
+) -> list[_Chunk]:
+    groups = [calls[i : i + chunk_size] for i in range(0, len(calls), chunk_size)]
+    payloads = [
+        _codec.encode_batch(
+            remote.function, group, remote.depmodules, remote.retry_on, remote._by_value
+        )
+        for group in groups
+    ]
+    jobs = await submit(remote, payloads, [len(group) for group in groups], batch_id)
+    return [
+        _Chunk(job, len(group), asyncio.ensure_future(job.async_outcome()))
+        for job, group in zip(jobs, groups, strict=True)
+    ]
 
 
 class _Progress:
     """A tqdm bar on stderr when asked for and stderr is a terminal."""
 
-    def __init__(self, enabled: bool, iterables: tuple[Iterable[Any], ...], name: str) -> None:
-        sizes = [len(i) for i in iterables if isinstance(i, Sized)]
-        total = min(sizes) if sizes and len(sizes) == len(iterables) else None
-        self._bar = (
-            tqdm(total=total, desc=name, unit="call") if enabled and sys.stderr.isatty() else None
-        )
+    def __init__(self, enabled: bool, total: int | None, name: str) -> None:
+        show = enabled and sys.stderr.isatty()
+        self._bar = tqdm(total=total, desc=name, unit="call") if show else None
 
     def advance(self) -> None:
         if self._bar is not None:
@@ -119,34 +167,61 @@ class AsyncMap(Generic[R]):
         remote: RemoteFunction[..., R],
         iterables: tuple[Iterable[Any], ...],
         max_in_flight: int,
+        chunk_size: int | None,
         progress: bool,
         batch_id: str | None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.batch_id = batch_id or new_batch_id()
-        self._progress = _Progress(progress, iterables, remote.function.__qualname__)
-        self._results = map_results(
-            remote,
-            zip(*iterables, strict=False),
-            self.batch_id,
-            max_in_flight,
-            self._progress.advance,
-        )
+        self._remote = remote
+        self._chunk_size = chunk_size
+        self._max_in_flight = max_in_flight
+        sizes = [len(i) for i in iterables if isinstance(i, Sized)]
+        self._total = min(sizes) if sizes and len(sizes) == len(iterables) else None
+        self._progress = _Progress(progress, self._total, remote.function.__qualname__)
+        # Bind each call as it is taken: a TypeError names the bad item.
+        self._calls = (_bind(remote, args) for args in zip(*iterables, strict=False))
+        self._results: AsyncGenerator[R, None] | None = None
 
     def __aiter__(self) -> AsyncMap[R]:
         return self
 
     async def __anext__(self) -> R:
         try:
+            if self._results is None:
+                self._results = await self._start()
             return await anext(self._results)
         except BaseException:
             self._progress.close()
             raise
 
+    async def _start(self) -> AsyncGenerator[R, None]:
+        chunk_size = self._chunk_size
+        if chunk_size is None:
+            workers = len((await Client(str(self._remote.address)).async_status()).workers)
+            chunk_size = calls_per_job(self._total, workers)
+        chunk_size = min(chunk_size, self._max_in_flight)
+        return map_results(
+            self._remote,
+            self._calls,
+            self.batch_id,
+            self._max_in_flight,
+            chunk_size,
+            self._progress.advance,
+        )
+
     async def aclose(self) -> None:
         self._progress.close()
-        await self._results.aclose()
+        if self._results is not None:
+            await self._results.aclose()
+
+
+def _bind(remote: RemoteFunction[..., Any], args: tuple[Any, ...]) -> Args:
+    call = remote(*args)
+    return call.args, call.kwargs
 
 
 class Map(Generic[R]):

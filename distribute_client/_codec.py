@@ -22,6 +22,8 @@ import cloudpickle
 
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
 from worker_proc.payload import (
+    BatchOutcome,
+    BatchRequest,
     CallOutcome,
     CallRequest,
     OutcomeStatus,
@@ -60,18 +62,55 @@ def encode_call(
     retry_on: tuple[str, ...],
     by_value: types.ModuleType | None,
 ) -> bytes:
-    name = getattr(function, "__qualname__", repr(function))
+    name = _name(function)
     with _pickled_by_value(by_value):
-        try:
-            function_bytes = cloudpickle.dumps(function)
-        except Exception as e:
-            raise SerializationError(f"function {name} could not be pickled: {e}") from e
+        function_bytes = _pickle_function(function)
         try:
             argument_bytes = cloudpickle.dumps((args, kwargs))
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    payload = dumps(CallRequest(function_bytes, argument_bytes, depmodules, retry_on))
+    return _checked(dumps(CallRequest(function_bytes, argument_bytes, depmodules, retry_on)), name)
+
+
+def encode_batch(
+    function: Callable[..., Any],
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    depmodules: tuple[str, ...],
+    retry_on: tuple[str, ...],
+    by_value: types.ModuleType | None,
+) -> bytes:
+    """Many calls of one function in one payload: the function is pickled once."""
+    name = _name(function)
+    with _pickled_by_value(by_value):
+        function_bytes = _pickle_function(function)
+        try:
+            items = cloudpickle.dumps(calls)
+        except Exception as e:
+            for index, (args, kwargs) in enumerate(calls):
+                try:
+                    cloudpickle.dumps((args, kwargs))
+                except Exception:
+                    culprit = _unpicklable_argument(args, kwargs)
+                    raise SerializationError(
+                        f"{culprit} of {name}, item {index} of the batch, could not be pickled: {e}"
+                    ) from e
+            raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
+    return _checked(dumps(BatchRequest(function_bytes, items, depmodules, retry_on)), name)
+
+
+def _name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", repr(function))
+
+
+def _pickle_function(function: Callable[..., Any]) -> bytes:
+    try:
+        return cloudpickle.dumps(function)  # type: ignore[no-any-return]
+    except Exception as e:
+        raise SerializationError(f"function {_name(function)} could not be pickled: {e}") from e
+
+
+def _checked(payload: bytes, name: str) -> bytes:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SerializationError(
             f"the call to {name} pickles to {len(payload)} bytes, over the "
@@ -111,13 +150,28 @@ def decode_outcome(data: bytes, name: str, where: str) -> Any:
     """
     if is_json(data):
         return _decode_json_outcome(data)
-    try:
-        outcome = loads_outcome(data)
-    except Exception as e:
-        raise ProtocolError(
-            f"could not read the outcome of {name} from {where}: {e}; "
-            "are the client and server the same version?"
-        ) from e
+    outcome = _load_outcome(data, name, where)
+    if isinstance(outcome, BatchOutcome):
+        raise ProtocolError(f"{where} answered one call to {name} with a batch")
+    return value_of(outcome, name, where)
+
+
+def decode_batch(data: bytes, name: str, where: str, count: int) -> list[CallOutcome]:
+    """The outcomes of a batch's ``count`` calls, in order (not yet replayed).
+
+    A batch that failed as a whole (it could not be unpickled, say) answers
+    with one outcome: every call gets it.
+    """
+    outcome = _load_outcome(data, name, where)
+    if isinstance(outcome, CallOutcome):
+        return [outcome] * count
+    if len(outcome.outcomes) != count:
+        raise ProtocolError(f"{where} answered {len(outcome.outcomes)} of {count} calls to {name}")
+    return outcome.outcomes
+
+
+def value_of(outcome: CallOutcome, name: str, where: str) -> Any:
+    """Replay one call's captured output, then return its value or raise its error."""
     if outcome.stdout:
         sys.stdout.write(outcome.stdout)
     if outcome.stderr:
@@ -131,6 +185,16 @@ def decode_outcome(data: bytes, name: str, where: str) -> Any:
                 "return types defined only on the server cannot be rebuilt by the client"
             ) from e
     raise _error_for(outcome, name, where)
+
+
+def _load_outcome(data: bytes, name: str, where: str) -> CallOutcome | BatchOutcome:
+    try:
+        return loads_outcome(data)
+    except Exception as e:
+        raise ProtocolError(
+            f"could not read the outcome of {name} from {where}: {e}; "
+            "are the client and server the same version?"
+        ) from e
 
 
 def _decode_json_outcome(data: bytes) -> Any:

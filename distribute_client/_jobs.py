@@ -94,6 +94,16 @@ class Job(Generic[R]):
         return run_sync(self.async_status())
 
     async def async_result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - as result()
+        status, outcome = await self.async_outcome(timeout)
+        value: R = _codec.decode_outcome(outcome, self.name, self.where(status))
+        return value
+
+    async def async_outcome(self, timeout: float | None = None) -> tuple[JobStatus, bytes]:  # noqa: ASYNC109 - as result()
+        """Wait for the job; its final status and the worker's undecoded outcome.
+
+        Raises the job's error when it finished without an outcome (crash,
+        time limit, cancel), and CallTimeoutError if ``timeout`` passes first.
+        """
         request = pool_pb2.JobRef(job_id=self.id)
         reply = await _transport.call(self.address, "GetResult", request, timeout)
         status = JobStatus.from_proto(reply.status)
@@ -103,9 +113,10 @@ class Job(Generic[R]):
                 if timeout is not None
                 else f"job {self.id} is still {status.state}"
             )
-        where = f"worker {status.worker_id} of {self.address} (job {self.id})"
-        value: R = _codec.decode_outcome(reply.outcome, self.name, where)
-        return value
+        return status, reply.outcome
+
+    def where(self, status: JobStatus) -> str:
+        return f"worker {status.worker_id} of {self.address} (job {self.id})"
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the job and return its value, or raise its error as

@@ -80,21 +80,28 @@ class RemoteFunction(Generic[P, R]):
         self,
         *iterables: Iterable[Any],
         max_in_flight: int = _batch.DEFAULT_MAX_IN_FLIGHT,
+        chunk_size: int | None = None,
         progress: bool = False,
         batch_id: str | None = None,
     ) -> _batch.Map[R]:
         """Run ``f(*items)`` for the items of ``iterables`` (as builtin ``map``)
         as submitted jobs, yielding the results in input order.
 
-        At most ``max_in_flight`` jobs are outstanding at a time; ``progress``
-        shows a progress bar on a terminal. The returned iterator's
-        ``batch_id`` lets any process follow the batch with
-        ``Client.batch(batch_id)``. Use it in a ``with`` block (or call
-        ``close()``) to cancel what is left when you stop early.
+        Calls travel ``chunk_size`` to a job (default: sized so each worker
+        gets several jobs, at most 256 calls each); at most ``max_in_flight``
+        calls are outstanding at a time; ``progress`` shows a progress bar on
+        a terminal. The returned iterator's ``batch_id`` lets any process
+        follow the batch with ``Client.batch(batch_id)``. Use it in a
+        ``with`` block (or call ``close()``) to cancel what is left when you
+        stop early.
         """
         return _batch.Map(
             self.async_map(
-                *iterables, max_in_flight=max_in_flight, progress=progress, batch_id=batch_id
+                *iterables,
+                max_in_flight=max_in_flight,
+                chunk_size=chunk_size,
+                progress=progress,
+                batch_id=batch_id,
             )
         )
 
@@ -102,11 +109,12 @@ class RemoteFunction(Generic[P, R]):
         self,
         *iterables: Iterable[Any],
         max_in_flight: int = _batch.DEFAULT_MAX_IN_FLIGHT,
+        chunk_size: int | None = None,
         progress: bool = False,
         batch_id: str | None = None,
     ) -> _batch.AsyncMap[R]:
         """``map`` for asyncio code: ``async for value in f.async_map(xs)``."""
-        return _batch.AsyncMap(self, iterables, max_in_flight, progress, batch_id)
+        return _batch.AsyncMap(self, iterables, max_in_flight, chunk_size, progress, batch_id)
 
     def get_workers(self) -> int:
         """How many workers the server has (as in the original API)."""
@@ -168,7 +176,7 @@ class Call(Generic[R]):
     run = compute  # the original's name
 
     async def async_submit(self) -> Job[R]:
-        (job,) = await _batch.submit(self.remote, [self.args], batch_id="", kwargs=self.kwargs)
+        (job,) = await _batch.submit(self.remote, [self.payload()], [1], batch_id="")
         return job
 
     def submit(self) -> Job[R]:

@@ -55,18 +55,20 @@ class GetWorkersReply(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name")
+    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name", "item_counts")
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ITEM_COUNTS_FIELD_NUMBER: _ClassVar[int]
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     retries: int
     time_limit_s: float
     batch_id: str
     name: str
-    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    item_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., item_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("job_ids",)

@@ -90,6 +90,7 @@ class Job:
     time_limit: float | None = None  # per attempt, while running
     batch_id: str = ""
     name: str = ""
+    items: int = 1  # calls it carries: a map chunk carries many
     state: JobState = JobState.QUEUED
     attempts: int = 0
     worker_id: int = 0

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     batch_id TEXT NOT NULL,
     name TEXT NOT NULL,
+    items INTEGER NOT NULL,
     state TEXT NOT NULL,
     payload BLOB,              -- dropped once the job is finished
     outcome BLOB,
@@ -48,7 +49,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished_at) WHERE finished
 """
 
 _COLUMNS = (
-    "id, batch_id, name, state, payload, outcome, error_kind, error, exit_code, attempts, "
+    "id, batch_id, name, items, state, payload, outcome, error_kind, error, exit_code, attempts, "
     "max_attempts, time_limit, worker_id, progress, message, created_at, started_at, finished_at"
 )
 
@@ -59,6 +60,8 @@ class JournalError(Exception):
 
 @dataclass(frozen=True)
 class BatchCounts:
+    """Calls (not jobs: a map chunk carries many) per state, and in all."""
+
     total: int
     states: dict[str, int]
 
@@ -92,7 +95,7 @@ class Journal:
         """Record new jobs, all or none."""
         with self._transaction():
             self._db.executemany(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
                 (_row(job) for job in jobs),
             )
 
@@ -149,7 +152,7 @@ class Journal:
 
     def batch(self, batch_id: str) -> BatchCounts:
         rows = self._db.execute(
-            "SELECT state, COUNT(*) FROM jobs WHERE batch_id=? GROUP BY state", (batch_id,)
+            "SELECT state, SUM(items) FROM jobs WHERE batch_id=? GROUP BY state", (batch_id,)
         ).fetchall()
         states = {row[0]: row[1] for row in rows}
         return BatchCounts(sum(states.values()), states)
@@ -182,6 +185,7 @@ def _row(job: Job) -> tuple[object, ...]:
         job.id,
         job.batch_id,
         job.name,
+        job.items,
         job.state.value,
         job.payload,
         job.outcome,
@@ -209,6 +213,7 @@ def _job(row: sqlite3.Row) -> Job:
         time_limit=row["time_limit"],
         batch_id=row["batch_id"],
         name=row["name"],
+        items=row["items"],
         state=JobState(row["state"]),
         attempts=row["attempts"],
         worker_id=row["worker_id"],

@@ -73,6 +73,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
                 time_limit=request.time_limit_s or None,
                 batch_id=request.batch_id,
                 name=request.name,
+                item_counts=list(request.item_counts),
             )
         self.jobs_submitted += len(jobs)
         return pool_pb2.SubmitReply(job_ids=[job.id for job in jobs])

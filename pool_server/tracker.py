@@ -70,10 +70,13 @@ class JobTracker:
         time_limit: float | None,
         batch_id: str,
         name: str,
+        item_counts: list[int],
     ) -> list[Job]:
         """Journal and queue new jobs, all or none; never waits for room."""
         if not payloads or not all(payloads):
             raise InvalidCall("Submit needs at least one payload, and no empty payloads")
+        if item_counts and (len(item_counts) != len(payloads) or min(item_counts) < 1):
+            raise InvalidCall("item_counts needs one count of at least 1 per payload")
         room = self._pool.queue.maxsize - len(self._pool.queue)
         if len(payloads) > room:
             raise QueueFull(
@@ -90,8 +93,9 @@ class JobTracker:
                 time_limit=time_limit,
                 batch_id=batch_id,
                 name=name,
+                items=items,
             )
-            for payload in payloads
+            for payload, items in zip(payloads, item_counts or [1] * len(payloads), strict=True)
         ]
         self._journal.add(jobs)
         for job in jobs:

@@ -291,3 +291,23 @@ def test_finished_results_expire(start_server: StartServer) -> None:
         return False
 
     wait_until(forgotten, 30, "the job to expire")
+
+
+def test_map_chunks_keep_per_call_errors_and_counts(server: ServerProcess) -> None:
+    """With several calls per job, each call still gets its own result or error,
+    and the batch counts calls, not jobs."""
+
+    def invert(x: int) -> float:
+        return 1 / x
+
+    remote = compute_this(server.address)(invert)
+    with remote.map([1, 2, 0, 4, 5, 8], chunk_size=3) as results:
+        assert [next(results), next(results)] == [1.0, 0.5]
+        with pytest.raises(ZeroDivisionError):
+            next(results)
+    with remote.map(range(1, 41), chunk_size=10) as results:
+        assert list(results) == [1 / x for x in range(1, 41)]
+    status = Client(server.address).batch(results.batch_id)
+    assert (status.total, status.states) == (40, {"DONE": 40})
+    jobs = Client(server.address).jobs(batch_id=results.batch_id)
+    assert len(jobs) == 4

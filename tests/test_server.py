@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distribute_client import ProtocolError, ServerUnavailableError, compute_this
 from pool_proto import pool_pb2, pool_pb2_grpc
-from worker_proc.payload import OutcomeStatus, loads_outcome
+from worker_proc.payload import CallOutcome, OutcomeStatus, loads_outcome
 
 from .conftest import SERVER_COMMAND, ServerProcess, StartServer, pid_alive, wait_until
 
@@ -45,7 +45,8 @@ def test_empty_payload_is_rejected_and_the_pool_serves_on(server: ServerProcess)
         # Garbage reaches a worker, which answers BAD_REQUEST and keeps its pid.
         pids = server.pids()
         reply = stub.Run(pool_pb2.RunRequest(payload=b"not a pickle"), timeout=10)
-        assert loads_outcome(reply.outcome).status is OutcomeStatus.BAD_REQUEST
+        outcome = loads_outcome(reply.outcome)
+        assert isinstance(outcome, CallOutcome) and outcome.status is OutcomeStatus.BAD_REQUEST
         assert server.pids() == pids
     assert compute_this(server.address)(nap)(0).compute() == 0
 

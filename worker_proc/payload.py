@@ -39,6 +39,16 @@ class CallRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """Many calls of one function (a chunk of ``f.map``), answered together."""
+
+    function: bytes  # cloudpickled callable, once for all items
+    items: bytes  # cloudpickled list of (args, kwargs)
+    depmodules: tuple[str, ...]
+    retry_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class JsonCall:
     function: str  # "package.module:function"
     args: list[Any] = field(default_factory=list)
@@ -65,7 +75,14 @@ class CallOutcome:
     run_seconds: float  # how long the function ran
 
 
-def dumps(message: CallRequest | CallOutcome) -> bytes:
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """One CallOutcome per item of a BatchRequest, in order."""
+
+    outcomes: list[CallOutcome]
+
+
+def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> bytes:
     return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -73,7 +90,7 @@ def is_json(data: bytes) -> bool:
     return data[:1] == b"{"
 
 
-def loads_request(data: bytes) -> CallRequest | JsonCall:
+def loads_request(data: bytes) -> CallRequest | BatchRequest | JsonCall:
     """Decode a request; raises ``ValueError``/``TypeError`` if it is not one."""
     if is_json(data):
         call = json.loads(data)
@@ -84,15 +101,15 @@ def loads_request(data: bytes) -> CallRequest | JsonCall:
             raise ValueError('"args" must be a JSON array and "kwargs" a JSON object')
         return JsonCall(call["function"], args, kwargs)
     message = pickle.loads(data)
-    if not isinstance(message, CallRequest):
+    if not isinstance(message, CallRequest | BatchRequest):
         raise TypeError(f"expected a CallRequest, got {type(message).__name__}")
     return message
 
 
-def loads_outcome(data: bytes) -> CallOutcome:
+def loads_outcome(data: bytes) -> CallOutcome | BatchOutcome:
     """Unpickle an outcome; raises ``TypeError`` if ``data`` is not one."""
     message = pickle.loads(data)
-    if not isinstance(message, CallOutcome):
+    if not isinstance(message, CallOutcome | BatchOutcome):
         raise TypeError(f"expected a CallOutcome, got {type(message).__name__}")
     return message
 

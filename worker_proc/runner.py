@@ -23,6 +23,8 @@ import cloudpickle
 from tblib import pickling_support
 
 from worker_proc.payload import (
+    BatchOutcome,
+    BatchRequest,
     CallOutcome,
     CallRequest,
     ErrorInfo,
@@ -52,44 +54,34 @@ class _Ran:
 
 
 def run_payload(payload: bytes) -> tuple[ResultStatus, bytes]:
-    """Decode, run and answer one call, in the payload's own format."""
-    ran = _run(payload)
-    try:
-        if is_json(payload):
-            status, outcome = _result_status(ran), _encode_json(ran)
-        else:
-            status, outcome = _encode_pickle(ran)
-        if len(outcome) > MAX_PAYLOAD_BYTES:
-            raise ValueError(
-                f"the outcome is {len(outcome)} bytes with {len(ran.stdout)} characters of "
-                f"captured stdout and {len(ran.stderr)} of stderr, over {MAX_PAYLOAD_BYTES}"
-            )
-    except Exception as e:  # the last line of defence: the worker must keep serving
-        bare = _Ran(OutcomeStatus.BAD_RESULT, error=e, context="the outcome could not be sent")
-        return ResultStatus.ERROR, _encode_json(bare) if is_json(payload) else _encode_pickle(bare)[
-            1
-        ]
-    return status, outcome
-
-
-def _run(payload: bytes) -> _Ran:
+    """Decode, run and answer one call or a batch, in the payload's own format."""
     started_at = time.time()
     try:
         request = loads_request(payload)
-        function, args, kwargs = _prepare(request)
+        function, calls = _prepare(request)
     except _ImportFailed as e:
-        return _Ran(OutcomeStatus.RAISED, error=e.__cause__, started_at=started_at)
+        return _answer(payload, [_Ran(OutcomeStatus.RAISED, error=e.__cause__)], batch=False)
     except Exception as e:
         context = "the call could not be decoded on the worker"
-        return _Ran(OutcomeStatus.BAD_REQUEST, error=e, context=context, started_at=started_at)
+        failed = _Ran(OutcomeStatus.BAD_REQUEST, error=e, context=context, started_at=started_at)
+        return _answer(payload, [failed], batch=False)
+    retry_on = () if isinstance(request, JsonCall) else request.retry_on
+    ran = [_call(function, args, kwargs, retry_on) for args, kwargs in calls]
+    return _answer(payload, ran, batch=isinstance(request, BatchRequest))
 
+
+def _call(
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retry_on: tuple[str, ...],
+) -> _Ran:
     stdout, stderr = io.StringIO(), io.StringIO()
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     try:
         with _captured(stdout, stderr):
             value = function(*args, **kwargs)
     except BaseException as e:  # SystemExit and KeyboardInterrupt belong to the caller too
-        retry_on = request.retry_on if isinstance(request, CallRequest) else ()
         return _Ran(
             OutcomeStatus.RAISED,
             error=e,
@@ -109,20 +101,49 @@ def _run(payload: bytes) -> _Ran:
     )
 
 
+def _answer(payload: bytes, ran: list[_Ran], batch: bool) -> tuple[ResultStatus, bytes]:
+    """Encode what happened; a batch answers with one outcome per item."""
+    try:
+        if is_json(payload):
+            status, outcome = _result_status(ran[0]), _encode_json(ran[0])
+        elif batch:
+            outcomes = [_call_outcome(r) for r in ran]
+            retry = any(r.retryable for r in ran)
+            status = ResultStatus.RETRY if retry else ResultStatus.OK
+            outcome = dumps(BatchOutcome(outcomes))
+        else:
+            outcome = dumps(_call_outcome(ran[0]))  # may turn it into BAD_RESULT
+            status = _result_status(ran[0])
+        if len(outcome) > MAX_PAYLOAD_BYTES:
+            output = sum(len(r.stdout) + len(r.stderr) for r in ran)
+            raise ValueError(
+                f"the outcome is {len(outcome)} bytes with {output} characters of "
+                f"captured output, over {MAX_PAYLOAD_BYTES}"
+            )
+    except Exception as e:  # the last line of defence: the worker must keep serving
+        bare = _Ran(OutcomeStatus.BAD_RESULT, error=e, context="the outcome could not be sent")
+        if is_json(payload):
+            return ResultStatus.ERROR, _encode_json(bare)
+        return ResultStatus.ERROR, dumps(_call_outcome(bare))
+    return status, outcome
+
+
 class _ImportFailed(Exception):
     """Marks an import the call needed that failed (the real error is the cause)."""
 
 
 def _prepare(
-    request: CallRequest | JsonCall,
-) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    request: CallRequest | BatchRequest | JsonCall,
+) -> tuple[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """The function and its calls' (args, kwargs), unpickled or imported."""
     if isinstance(request, JsonCall):
-        return _import_function(request.function), tuple(request.args), request.kwargs
+        return _import_function(request.function), [(tuple(request.args), request.kwargs)]
     for name in request.depmodules:
         _import(name, f"depmodule {name!r}")
     function = cloudpickle.loads(request.function)
-    args, kwargs = cloudpickle.loads(request.arguments)
-    return function, args, kwargs
+    if isinstance(request, BatchRequest):
+        return function, list(cloudpickle.loads(request.items))
+    return function, [cloudpickle.loads(request.arguments)]
 
 
 def _import_function(reference: str) -> Callable[..., Any]:
@@ -168,7 +189,9 @@ def _result_status(ran: _Ran) -> ResultStatus:
     return ResultStatus.RETRY if ran.retryable else ResultStatus.ERROR
 
 
-def _encode_pickle(ran: _Ran) -> tuple[ResultStatus, bytes]:
+def _call_outcome(ran: _Ran) -> CallOutcome:
+    """The pickled-format answer to one call (a return value that will not
+    pickle turns it into BAD_RESULT)."""
     value = b""
     if ran.status is OutcomeStatus.RETURNED:
         try:
@@ -181,10 +204,9 @@ def _encode_pickle(ran: _Ran) -> tuple[ResultStatus, bytes]:
     elif ran.status is OutcomeStatus.RAISED and ran.error is not None:
         value = _pickle_exception(ran.error)
     error = None if ran.error is None else _error_info(ran.error, ran.context)
-    outcome = CallOutcome(
+    return CallOutcome(
         ran.status, value, error, ran.stdout, ran.stderr, ran.started_at, ran.run_seconds
     )
-    return _result_status(ran), dumps(outcome)
 
 
 def _encode_json(ran: _Ran) -> bytes:
