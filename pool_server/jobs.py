@@ -105,8 +105,9 @@ class Job:
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    # Set on every change a watcher may want to see (state, progress).
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Resolved by the next change a watcher may want to see (state,
+    # progress); made only when someone watches, as most jobs are not.
+    _next_change: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
     # Called after every change of state: the journal, for durable jobs.
     on_transition: Callable[[Job], None] | None = None
 
@@ -135,6 +136,13 @@ class Job:
             self.on_transition(self)
         self.notify()
 
+    def next_change(self) -> asyncio.Future[None]:
+        """A future resolved by the job's next change of state or progress."""
+        if self._next_change is None:
+            self._next_change = asyncio.get_running_loop().create_future()
+        return self._next_change
+
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self._next_change is not None:
+            self._next_change.set_result(None)
+            self._next_change = None

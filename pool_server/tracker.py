@@ -133,11 +133,11 @@ class JobTracker:
         """The job now, then after every change, until it is finished."""
         job = self.get(job_id)
         while True:
-            changed = job.changed
+            changed = job.next_change()
             yield job
             if job.state.finished:
                 return
-            await changed.wait()
+            await asyncio.shield(changed)  # shared by every watcher of this job
 
     async def expire_forever(self) -> None:
         interval = min(EXPIRY_INTERVAL_S, max(self._result_ttl / 2, 1.0))
