@@ -29,6 +29,7 @@ from distribute_client import _codec, _transport
 from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
+from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
 
 if TYPE_CHECKING:
@@ -45,8 +46,12 @@ MAX_CALLS_PER_JOB = 256
 JOBS_PER_WORKER = 4
 DEFAULT_CALLS_PER_JOB = 16
 
-# Jobs per Submit RPC.
+# Jobs per Submit RPC (fewer if the server's queue is smaller).
 JOBS_PER_SUBMIT = 64
+
+# When the server's queue has no room, map waits and tries again.
+QUEUE_FULL_BACKOFF_MIN_S = 0.05
+QUEUE_FULL_BACKOFF_MAX_S = 2.0
 
 # Default bound on submitted-but-not-yet-yielded calls.
 DEFAULT_MAX_IN_FLIGHT = 8192
@@ -67,12 +72,15 @@ def calls_per_job(total: int | None, workers: int) -> int:
 async def submit(
     remote: RemoteFunction[..., Any], payloads: list[bytes], item_counts: list[int], batch_id: str
 ) -> list[Job[Any]]:
-    """Submit one job per payload in one RPC; all are accepted or none."""
+    """Submit one job per payload in one RPC; all are accepted or none.
+
+    A job's time limit is ``remote.timeout`` per call it carries.
+    """
     name = remote.function.__qualname__
     request = pool_pb2.SubmitRequest(
         payloads=payloads,
         retries=remote.retries,
-        time_limit_s=remote.timeout or 0.0,
+        time_limit_s=(remote.timeout or 0.0) * max(item_counts),
         batch_id=batch_id,
         name=name,
         item_counts=item_counts,
@@ -95,6 +103,7 @@ async def map_results(
     batch_id: str,
     max_in_flight: int,
     chunk_size: int,
+    jobs_per_submit: int,
     on_result: Callable[[], None],
 ) -> AsyncGenerator[R, None]:
     outstanding: collections.deque[_Chunk] = collections.deque()
@@ -102,7 +111,7 @@ async def map_results(
     name = remote.function.__qualname__
     try:
         while True:
-            room = min(max_in_flight - in_flight, chunk_size * JOBS_PER_SUBMIT)
+            room = min(max_in_flight - in_flight, chunk_size * jobs_per_submit)
             chunk = list(itertools.islice(calls, room)) if room >= min(chunk_size, 1) else []
             if chunk:
                 in_flight += len(chunk)
@@ -110,9 +119,9 @@ async def map_results(
                 continue
             if not outstanding:
                 return
-            done = outstanding.popleft()
+            status, data = await outstanding[0].outcome
+            done = outstanding.popleft()  # only now: until then, closing must cancel it too
             in_flight -= done.calls
-            status, data = await done.outcome
             where = done.job.where(status)
             for outcome in _codec.decode_batch(data, name, where, done.calls):
                 value: R = _codec.value_of(outcome, name, where)
@@ -136,7 +145,14 @@ async def _submit_chunks(
         )
         for group in groups
     ]
-    jobs = await submit(remote, payloads, [len(group) for group in groups], batch_id)
+    delay = QUEUE_FULL_BACKOFF_MIN_S
+    while True:
+        try:
+            jobs = await submit(remote, payloads, [len(group) for group in groups], batch_id)
+            break
+        except QueueFullError:  # other work fills the queue: wait for room, as a call would
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, QUEUE_FULL_BACKOFF_MAX_S)
     return [
         _Chunk(job, len(group), asyncio.ensure_future(job.async_outcome()))
         for job, group in zip(jobs, groups, strict=True)
@@ -199,10 +215,10 @@ class AsyncMap(Generic[R]):
             raise
 
     async def _start(self) -> AsyncGenerator[R, None]:
-        chunk_size = self._chunk_size
-        if chunk_size is None:
-            workers = len((await Client(str(self._remote.address)).async_status()).workers)
-            chunk_size = calls_per_job(self._total, workers)
+        pool = await Client(str(self._remote.address)).async_status()
+        chunk_size = self._chunk_size or calls_per_job(self._total, len(pool.workers))
+        if self._remote.retry_on:
+            chunk_size = 1  # a retried call must not re-run the calls beside it
         chunk_size = min(chunk_size, self._max_in_flight)
         return map_results(
             self._remote,
@@ -210,6 +226,7 @@ class AsyncMap(Generic[R]):
             self.batch_id,
             self._max_in_flight,
             chunk_size,
+            max(1, min(JOBS_PER_SUBMIT, pool.queue_capacity)),
             self._progress.advance,
         )
 

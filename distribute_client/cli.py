@@ -33,6 +33,7 @@ from distribute_client.errors import (
     JobCancelledError,
     JobNotFoundError,
     PoolError,
+    ProtocolError,
     RemoteError,
     ServerUnavailableError,
     WorkerCrashedError,
@@ -50,6 +51,7 @@ EXIT_UNAVAILABLE = 6
 # The most specific class first: the first match decides the exit code.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ServerUnavailableError, EXIT_UNAVAILABLE),
+    (ProtocolError, EXIT_USAGE),  # the server refused the request as malformed
     (JobNotFoundError, EXIT_NOT_FOUND),
     (JobCancelledError, EXIT_CANCELLED),
     (CallTimeoutError, EXIT_TIMEOUT),
@@ -60,7 +62,10 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is _submit:
+        args.kwargs = _kwargs(parser, args.kwargs)
     client = Client(args.server)
     try:
         code: int = args.command(client, args)
@@ -80,12 +85,15 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--server", help="host:port (default: $POOL_SERVER, else 127.0.0.1:50051)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_common(parser, default=None)
+    # The same options after the command (`status ID --json`); SUPPRESS keeps a
+    # subcommand from overwriting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, function: Callable[[Client, argparse.Namespace], int], help: str) -> Any:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help, parents=[common])
         sub.set_defaults(command=function)
         return sub
 
@@ -115,6 +123,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--server",
+        default=default,
+        help="host:port (default: $POOL_SERVER, else 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="print JSON for scripts",
+    )
+
+
 def _workers(client: Client, args: argparse.Namespace) -> int:
     status = client.status()
     if args.json:
@@ -128,14 +150,21 @@ def _workers(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _submit(client: Client, args: argparse.Namespace) -> int:
-    kwargs = json.loads(args.kwargs)
+def _kwargs(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        parser.error(f"--kwargs is not JSON: {e}")
     if not isinstance(kwargs, dict):
-        raise SystemExit("pool-client: --kwargs must be a JSON object")
+        parser.error("""--kwargs must be a JSON object, e.g. '{"seed": 7}'""")
+    return kwargs
+
+
+def _submit(client: Client, args: argparse.Namespace) -> int:
     call = {
         "function": args.function,
         "args": [_json_value(a) for a in args.args],
-        "kwargs": kwargs,
+        "kwargs": args.kwargs,
     }
     request = pool_pb2.SubmitRequest(
         payloads=[json.dumps(call).encode()],

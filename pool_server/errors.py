@@ -92,6 +92,13 @@ class JobNotFound(CallError):
     kind = "not-found"
 
 
+class JournalUnavailable(CallError):
+    """The job journal cannot be written (a full disk, say)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    kind = "journal-unavailable"
+
+
 class QueueFull(CallError):
     """Submit would put more jobs in the queue than --queue-size allows."""
 

@@ -130,10 +130,10 @@ class Job:
             self.progress, self.message = None, ""
         elif new.finished:
             self.finished_at = time.time()
-            if not self.done.done():
-                self.done.set_result(None)
         if self.on_transition is not None:
-            self.on_transition(self)
+            self.on_transition(self)  # journaled before anyone hears of it
+        if new.finished and not self.done.done():
+            self.done.set_result(None)
         self.notify()
 
     def next_change(self) -> asyncio.Future[None]:

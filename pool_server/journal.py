@@ -9,8 +9,9 @@ machine losing power.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pool_server.errors import WorkerCrashed, error_from_record
 from pool_server.jobs import Job, JobState
 
 JOURNAL_FILE = "journal.sqlite3"
+BUSY_TIMEOUT_S = 0.5
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -70,7 +72,9 @@ class Journal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_FILE
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # Only this server writes (the state dir is locked), so waiting on
+            # a lock means something is wrong: fail fast, not block the loop.
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -93,7 +97,7 @@ class Journal:
 
     def add(self, jobs: Iterable[Job]) -> None:
         """Record new jobs, all or none."""
-        with self._transaction():
+        with _writing(self.path), self._transaction():
             self._db.executemany(
                 f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
                 (_row(job) for job in jobs),
@@ -106,6 +110,12 @@ class Journal:
             error_kind, error = job.error.kind, str(job.error)
             if isinstance(job.error, WorkerCrashed):
                 exit_code = job.error.exit_code
+        with _writing(self.path):
+            self._update(job, error_kind, error, exit_code)
+
+    def _update(
+        self, job: Job, error_kind: str | None, error: str | None, exit_code: int | None
+    ) -> None:
         self._db.execute(
             "UPDATE jobs SET state=?, payload=?, outcome=?, error_kind=?, error=?, exit_code=?, "
             "attempts=?, worker_id=?, progress=?, message=?, started_at=?, finished_at=? "
@@ -167,6 +177,14 @@ class Journal:
     def _transaction(self) -> sqlite3.Connection:
         self._db.execute("BEGIN")
         return self._db
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as e:
+        raise JournalError(f"writing {path} failed: {e}") from e
 
 
 def _filters(state: str, batch_id: str) -> tuple[str, tuple[str, ...]]:

@@ -217,7 +217,7 @@ class WorkerProcess:
             raise ProtocolError(f"unexpected {type(message).__name__} line: {line[:80]!r}")
         if self._reply is None or message.job_id != self._job_id or self._reply.done():
             # The caller gave up just as the answer came; the worker is being replaced.
-            log.debug("worker %d: ignoring outcome of job %d", self.worker_id, message.job_id)
+            log.debug("worker %d: ignoring outcome of job %s", self.worker_id, message.job_id)
             return
         self._reply.set_result(message)
 

@@ -279,6 +279,7 @@ class WorkerPool:
             job.max_attempts,
             why,
         )
+        job.outcome = job.error = None  # this attempt's answer is not the job's
         job.transition(JobState.INTERRUPTED)
         job.transition(JobState.QUEUED)
         self.queue.requeue(job)

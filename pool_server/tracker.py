@@ -14,9 +14,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from pool_server.errors import InvalidCall, JobInterrupted, JobNotFound, QueueFull
+from pool_server.errors import (
+    InvalidCall,
+    JobInterrupted,
+    JobNotFound,
+    JournalUnavailable,
+    QueueFull,
+)
 from pool_server.jobs import Job, JobState, new_job_id
-from pool_server.journal import BatchCounts, Journal
+from pool_server.journal import BatchCounts, Journal, JournalError
 from pool_server.supervisor import WorkerPool
 
 log = logging.getLogger("pool_server.tracker")
@@ -77,6 +83,8 @@ class JobTracker:
             raise InvalidCall("Submit needs at least one payload, and no empty payloads")
         if item_counts and (len(item_counts) != len(payloads) or min(item_counts) < 1):
             raise InvalidCall("item_counts needs one count of at least 1 per payload")
+        if time_limit is not None and time_limit < 0:
+            raise InvalidCall(f"time limit must be 0 (none) or more seconds, got {time_limit}")
         room = self._pool.queue.maxsize - len(self._pool.queue)
         if len(payloads) > room:
             raise QueueFull(
@@ -97,7 +105,10 @@ class JobTracker:
             )
             for payload, items in zip(payloads, item_counts or [1] * len(payloads), strict=True)
         ]
-        self._journal.add(jobs)
+        try:
+            self._journal.add(jobs)
+        except JournalError as e:
+            raise JournalUnavailable(f"the jobs were not submitted: {e}") from e
         for job in jobs:
             self._track(job)
             self._pool.queue.put_nowait(job)
@@ -118,6 +129,8 @@ class JobTracker:
         return job
 
     def list(self, state: str, batch_id: str, limit: int) -> list[Job]:
+        if limit < 0:
+            raise InvalidCall(f"limit must be 0 (the default, {DEFAULT_LIST_LIMIT}) or more")
         if state and state not in JobState.__members__:
             raise InvalidCall(f"unknown state {state!r}; one of {', '.join(JobState.__members__)}")
         jobs = self._journal.list(state, batch_id, limit or DEFAULT_LIST_LIMIT)
@@ -152,6 +165,16 @@ class JobTracker:
         self._live[job.id] = job
 
     def _journal_transition(self, job: Job) -> None:
-        self._journal.save(job)
+        try:
+            self._journal.save(job)
+        except JournalError as e:
+            # The job goes on in memory: failing it, or the worker slot running
+            # it, would lose more than the journal already has.
+            log.error(
+                "could not journal job %s becoming %s: %s; a restart now would not know it",
+                job.id,
+                job.state.value,
+                e,
+            )
         if job.state.finished:
             self._live.pop(job.id, None)

@@ -70,6 +70,9 @@ def test_exit_codes_say_what_happened(cli_server: ServerProcess) -> None:
     assert cli(cli_server, "result", job_id).returncode == 4
     assert cli(cli_server, "status", "jnope").returncode == 5
     assert cli(cli_server, "submit").returncode == 2
+    assert cli(cli_server, "submit", "shell_jobs:fail", "--kwargs", "{nope").returncode == 2
+    assert cli(cli_server, "jobs", "--state", "BOGUS").returncode == 2
+    assert cli(cli_server, "status", job_id, "--json").returncode == 0  # options after the command
     missing = subprocess.run(
         [sys.executable, "-m", "distribute_client.cli", "--server", "127.0.0.1:1", "workers"],
         capture_output=True,

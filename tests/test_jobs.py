@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -311,3 +312,72 @@ def test_map_chunks_keep_per_call_errors_and_counts(server: ServerProcess) -> No
     assert (status.total, status.states) == (40, {"DONE": 40})
     jobs = Client(server.address).jobs(batch_id=results.batch_id)
     assert len(jobs) == 4
+
+
+def test_a_retried_job_reports_its_own_end_not_an_earlier_attempt(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """After a retry_on retry, cancelling the job gives JobCancelledError, not attempt 1's error."""
+
+    def flaky_then_block(counter: str, go: str) -> str:
+        raise_until(counter, 1)
+        return wait_for_file(go)
+
+    remote = compute_this(server.address, retries=2, retry_on=(Flaky,))(flaky_then_block)
+    job = remote.submit(str(tmp_path / "n"), str(tmp_path / "never"))
+    wait_until(lambda: job.status().attempts == 2, 30, "the second attempt")
+    job.cancel()
+    with pytest.raises(JobCancelledError):
+        job.result(timeout=30)
+
+
+async def test_stopping_a_map_cancels_the_running_chunk_too(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """A map cancelled while it waits for its first chunk cancels that chunk as well."""
+    never = str(tmp_path / "never")
+    results = compute_this(server.address)(wait_for_file).async_map([never] * 3, chunk_size=1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await anext(results)
+    await results.aclose()
+    states = {s.state for s in await Client(server.address).async_jobs(batch_id=results.batch_id)}
+    assert states == {"CANCELLED"}
+
+
+def count_call(log: str, x: int) -> int:
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == 3 and Path(log).read_text().split().count("3") == 1:
+        raise Flaky("first try of 3")
+    return x
+
+
+def test_map_with_retry_on_reruns_only_the_failed_call(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """retry_on in a map re-runs the call that raised, not the calls beside it."""
+    log = str(tmp_path / "calls")
+    remote = compute_this(server.address, retries=1, retry_on=(Flaky,))(count_call)
+    assert list(remote.map([log] * 8, range(8), chunk_size=8)) == list(range(8))
+    counts = Path(log).read_text().split()
+    assert sorted(counts) == sorted([str(x) for x in range(8)] + ["3"])
+
+
+def test_map_timeout_is_per_call(server: ServerProcess) -> None:
+    """A chunk of calls gets the per-call timeout once per call it carries."""
+
+    def nap(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    remote = compute_this(server.address, timeout=1.0)(nap)
+    assert list(remote.map([0.2] * 10, chunk_size=10)) == [0.2] * 10
+
+
+def test_map_waits_for_room_in_a_small_queue(start_server: StartServer) -> None:
+    """A map larger than the server's queue waits for room instead of failing."""
+    server = start_server("--workers", "2", "--queue-size", "4")
+    assert list(compute_this(server.address)(square).map(range(100), chunk_size=1)) == [
+        x * x for x in range(100)
+    ]
