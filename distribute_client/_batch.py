@@ -19,7 +19,7 @@ import collections
 import itertools
 import secrets
 import sys
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sized
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -31,6 +31,7 @@ from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
+from worker_proc.payload import CallOutcome
 
 if TYPE_CHECKING:
     from distribute_client._remote import RemoteFunction
@@ -97,36 +98,34 @@ class _Chunk:
     outcome: asyncio.Future[tuple[Any, bytes]]
 
 
-async def map_results(
-    remote: RemoteFunction[..., R],
+async def map_chunks(
+    remote: RemoteFunction[..., Any],
     calls: Iterator[Args],
     batch_id: str,
     max_in_flight: int,
     chunk_size: int,
     jobs_per_submit: int,
-    on_result: Callable[[], None],
-) -> AsyncGenerator[R, None]:
+) -> AsyncGenerator[tuple[list[CallOutcome], str], None]:
+    """Each chunk's outcomes (undecoded) and where it ran, in input order."""
     outstanding: collections.deque[_Chunk] = collections.deque()
     in_flight = 0
     name = remote.function.__qualname__
     try:
         while True:
             room = min(max_in_flight - in_flight, chunk_size * jobs_per_submit)
-            chunk = list(itertools.islice(calls, room)) if room >= min(chunk_size, 1) else []
-            if chunk:
-                in_flight += len(chunk)
-                outstanding.extend(await _submit_chunks(remote, chunk, chunk_size, batch_id))
-                continue
+            if room >= chunk_size or (room > 0 and not outstanding):
+                taken = list(itertools.islice(calls, room))
+                if taken:
+                    in_flight += len(taken)
+                    outstanding.extend(await _submit_chunks(remote, taken, chunk_size, batch_id))
+                    continue
             if not outstanding:
                 return
             status, data = await outstanding[0].outcome
             done = outstanding.popleft()  # only now: until then, closing must cancel it too
             in_flight -= done.calls
             where = done.job.where(status)
-            for outcome in _codec.decode_batch(data, name, where, done.calls):
-                value: R = _codec.value_of(outcome, name, where)
-                on_result()
-                yield value
+            yield _codec.decode_batch(data, name, where, done.calls), where
     finally:
         for pending in outstanding:
             pending.outcome.cancel()
@@ -193,47 +192,67 @@ class AsyncMap(Generic[R]):
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
         self.batch_id = batch_id or new_batch_id()
         self._remote = remote
+        self._name = remote.function.__qualname__
         self._chunk_size = chunk_size
         self._max_in_flight = max_in_flight
         sizes = [len(i) for i in iterables if isinstance(i, Sized)]
         self._total = min(sizes) if sizes and len(sizes) == len(iterables) else None
-        self._progress = _Progress(progress, self._total, remote.function.__qualname__)
+        self._progress = _Progress(progress, self._total, self._name)
         # Bind each call as it is taken: a TypeError names the bad item.
         self._calls = (_bind(remote, args) for args in zip(*iterables, strict=False))
-        self._results: AsyncGenerator[R, None] | None = None
+        self._chunks: AsyncGenerator[tuple[list[CallOutcome], str], None] | None = None
+        self._ready: collections.deque[tuple[CallOutcome, str]] = collections.deque()
 
     def __aiter__(self) -> AsyncMap[R]:
         return self
 
     async def __anext__(self) -> R:
+        if not self._ready:
+            await self.fill()
+        return self.pop()
+
+    async def fill(self) -> None:
+        """Wait for the next chunk's outcomes (StopAsyncIteration after the last)."""
         try:
-            if self._results is None:
-                self._results = await self._start()
-            return await anext(self._results)
+            if self._chunks is None:
+                self._chunks = await self._start()
+            outcomes, where = await anext(self._chunks)
         except BaseException:
             self._progress.close()
             raise
+        self._ready.extend((outcome, where) for outcome in outcomes)
 
-    async def _start(self) -> AsyncGenerator[R, None]:
+    def pop(self) -> R:
+        """The next call's value, or its error raised, from what fill() brought."""
+        outcome, where = self._ready.popleft()
+        self._progress.advance()
+        value: R = _codec.value_of(outcome, self._name, where)
+        return value
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._ready)
+
+    async def _start(self) -> AsyncGenerator[tuple[list[CallOutcome], str], None]:
         pool = await Client(str(self._remote.address)).async_status()
         chunk_size = self._chunk_size or calls_per_job(self._total, len(pool.workers))
         if self._remote.retry_on:
             chunk_size = 1  # a retried call must not re-run the calls beside it
         chunk_size = min(chunk_size, self._max_in_flight)
-        return map_results(
+        return map_chunks(
             self._remote,
             self._calls,
             self.batch_id,
             self._max_in_flight,
             chunk_size,
             max(1, min(JOBS_PER_SUBMIT, pool.queue_capacity)),
-            self._progress.advance,
         )
 
     async def aclose(self) -> None:
         self._progress.close()
-        if self._results is not None:
-            await self._results.aclose()
+        self._ready.clear()
+        if self._chunks is not None:
+            await self._chunks.aclose()
 
 
 def _bind(remote: RemoteFunction[..., Any], args: tuple[Any, ...]) -> Args:
@@ -252,10 +271,13 @@ class Map(Generic[R]):
         return self
 
     def __next__(self) -> R:
-        try:
-            return run_sync(self._results.__anext__())
-        except StopAsyncIteration:
-            raise StopIteration from None
+        # One trip to the loop thread per chunk, not per call.
+        if not self._results.ready:
+            try:
+                run_sync(self._results.fill())
+            except StopAsyncIteration:
+                raise StopIteration from None
+        return self._results.pop()
 
     def close(self) -> None:
         """Stop early: cancel the jobs still outstanding."""
