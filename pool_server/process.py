@@ -26,7 +26,7 @@ from worker_proc.protocol import (
     ProtocolError,
     Ready,
     decode_line,
-    encode,
+    encode_parts,
 )
 
 log = logging.getLogger("pool_server.worker")
@@ -105,30 +105,36 @@ class WorkerProcess:
             raise
         return cls(worker_id, proc)
 
-    async def run(
+    async def send(
+        self, job_id: str, payload: bytes, on_progress: Callable[[Progress], None]
+    ) -> asyncio.Future[JobOutcome]:
+        """Write one job to the worker; the future resolves with its outcome,
+        or with :class:`WorkerDied` if the worker closes its channel first."""
+        assert self._proc.stdin is not None
+        reply: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
+        if self.gone.done():
+            reply.set_exception(WorkerDied())
+            return reply
+        self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
+        for part in encode_parts(JobRequest(job_id, payload)):
+            self._proc.stdin.write(part)
+        with contextlib.suppress(ConnectionError):  # a dead worker is reported by `reply`
+            await self._proc.stdin.drain()
+        return reply
+
+    async def outcome(
         self,
-        job_id: str,
-        payload: bytes,
-        *,
+        reply: asyncio.Future[JobOutcome],
         until: asyncio.Future[Any],
         time_limit: float | None,
-        on_progress: Callable[[Progress], None],
     ) -> JobOutcome | None:
-        """Send one job and wait for its outcome.
+        """Wait for the job sent with :meth:`send`.
 
         Returns ``None`` if ``until`` completes first (the job was cancelled)
         or ``time_limit`` passes; the worker is then still running the job.
         Raises :class:`WorkerDied` if the worker exits before answering.
         """
-        assert self._proc.stdin is not None
-        if self.gone.done():
-            raise WorkerDied()
-        reply: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
-        self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
         try:
-            self._proc.stdin.write(encode(JobRequest(job_id, payload)))
-            with contextlib.suppress(ConnectionError):  # a dead worker is reported by `reply`
-                await self._proc.stdin.drain()
             await _first_done((reply, until, self.gone), time_limit)
             if self.gone.done() and not reply.done():
                 # It exited; its last line may still be in the pipe.

@@ -228,13 +228,12 @@ class WorkerPool:
             job.transition(JobState.RUNNING)
             worker.job = job
             try:
-                reply = await process.run(
-                    job.id,
-                    job.payload,
-                    until=job.done,
-                    time_limit=job.time_limit,
-                    on_progress=functools.partial(_record_progress, job),
+                sent = await process.send(
+                    job.id, job.payload, functools.partial(_record_progress, job)
                 )
+                if job.max_attempts == 1 and not job.durable:
+                    job.payload = b""  # nothing will send it again: let a large one go
+                reply = await process.outcome(sent, job.done, job.time_limit)
             except WorkerDied:
                 _set_state(worker, WorkerState.DEAD)
                 await self._crashed(worker, process, job)

@@ -16,6 +16,7 @@ from worker_proc.protocol import (
     ResultStatus,
     decode_line,
     encode,
+    encode_parts,
 )
 
 CASES: list[tuple[Message, bytes]] = [
@@ -76,3 +77,9 @@ def test_line_limit_fits_the_largest_payload() -> None:
     """A maximum-size payload still fits in one line under MAX_LINE_BYTES."""
     encoded_size = (MAX_PAYLOAD_BYTES + 2) // 3 * 4
     assert len(b"RESULT j-0123456789abcdef retry \n") + encoded_size <= MAX_LINE_BYTES
+
+
+def test_job_parts_join_to_the_job_line() -> None:
+    """encode_parts writes the same bytes as encode, in pieces."""
+    message = JobRequest(job_id="r3", payload=b"\x00" * 1000)
+    assert b"".join(encode_parts(message)) == encode(message)

@@ -98,6 +98,13 @@ def encode(message: Message) -> bytes:
     raise TypeError(f"not a protocol message: {message!r}")
 
 
+def encode_parts(message: JobRequest) -> tuple[bytes, bytes, bytes]:
+    """A JOB line in three pieces (head, base64, newline), to be written one
+    after another: for a large payload this saves joining them, which would
+    copy the whole base64 once more."""
+    return b"JOB %s " % message.job_id.encode(), _b64(message.payload), b"\n"
+
+
 def decode_line(line: bytes) -> Message:
     """Parse one line (with or without its newline) into a message."""
     kind, _, rest = line.rstrip(b"\n").partition(b" ")
