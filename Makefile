@@ -1,7 +1,8 @@
 # One command for each thing a newcomer does; every target installs first.
 #   make demo    install, start pool-server on :50051, run test.py against it, keep serving
 #   make test    install, lint, type-check and run the whole test suite
-#   make bench   install and print the core latency/throughput figures
+#   make bench   install and print the core latency/throughput and job figures
+#                (the peer comparison: python -m bench, after pip install -e '.[bench]')
 #   make proto   regenerate pool_proto/ from proto/pool.proto
 
 PYTHON ?= python3
