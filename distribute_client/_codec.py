@@ -70,7 +70,9 @@ def encode_call(
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    return _checked(dumps(CallRequest(function_bytes, argument_bytes, depmodules, retry_on)), name)
+    source_file = _source_file(function)
+    request = CallRequest(function_bytes, argument_bytes, depmodules, retry_on, source_file)
+    return _checked(dumps(request), name)
 
 
 def encode_batch(
@@ -96,11 +98,17 @@ def encode_batch(
                         f"{culprit} of {name}, item {index} of the batch, could not be pickled: {e}"
                     ) from e
             raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
-    return _checked(dumps(BatchRequest(function_bytes, items, depmodules, retry_on)), name)
+    request = BatchRequest(function_bytes, items, depmodules, retry_on, _source_file(function))
+    return _checked(dumps(request), name)
 
 
 def _name(function: Callable[..., Any]) -> str:
     return getattr(function, "__qualname__", repr(function))
+
+
+def _source_file(function: Callable[..., Any]) -> str:
+    code = getattr(function, "__code__", None)
+    return code.co_filename if isinstance(code, types.CodeType) else ""
 
 
 def _pickle_function(function: Callable[..., Any]) -> bytes:

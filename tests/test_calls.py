@@ -86,6 +86,36 @@ def test_remote_exception_keeps_type_attributes_and_traceback(server: ServerProc
     assert any("raised by fail_deep on worker" in note for note in info.value.__notes__)
 
 
+def _helper_that_raises() -> None:
+    raise ValueError("raised in a helper")
+
+
+def calls_a_helper_and_a_closure(use_closure: bool) -> None:
+    def inner() -> None:
+        raise KeyError("raised in a closure")
+
+    inner() if use_closure else _helper_that_raises()
+
+
+@pytest.mark.parametrize(
+    ("use_closure", "source"),
+    [
+        (False, 'raise ValueError("raised in a helper")'),
+        (True, 'raise KeyError("raised in a closure")'),
+    ],
+)
+def test_remote_traceback_shows_source_of_helpers_and_closures(
+    server: ServerProcess, use_closure: bool, source: str
+) -> None:
+    """Code pickled by value keeps its file, so every remote frame shows its line."""
+    with pytest.raises((ValueError, KeyError)) as info:
+        compute_this(server.address)(calls_a_helper_and_a_closure)(use_closure).compute()
+    text = "".join(traceback.format_exception(info.value))
+    assert source in text
+    assert "inner() if use_closure else _helper_that_raises()" in text
+    assert "<dynamic-code>" not in text
+
+
 def test_exception_chain_survives(server: ServerProcess) -> None:
     """``raise ... from ...`` keeps its cause across the wire."""
 

@@ -36,6 +36,7 @@ class CallRequest:
     arguments: bytes  # cloudpickled (args, kwargs)
     depmodules: tuple[str, ...]  # imported by the worker before unpickling
     retry_on: tuple[str, ...] = ()  # "module.QualName" of exceptions worth another attempt
+    source_file: str = ""  # the function's file on the caller's side, for tracebacks
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class BatchRequest:
     items: bytes  # cloudpickled list of (args, kwargs)
     depmodules: tuple[str, ...]
     retry_on: tuple[str, ...] = ()
+    source_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,8 @@ from worker_proc.payload import (
     loads_request,
 )
 from worker_proc.protocol import MAX_PAYLOAD_BYTES, ResultStatus
+
+_PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pickled by value
 
 
 @dataclass
@@ -141,9 +144,43 @@ def _prepare(
     for name in request.depmodules:
         _import(name, f"depmodule {name!r}")
     function = cloudpickle.loads(request.function)
+    if request.source_file:
+        _restore_source_file(function, request.source_file)
     if isinstance(request, BatchRequest):
         return function, list(cloudpickle.loads(request.items))
     return function, [cloudpickle.loads(request.arguments)]
+
+
+def _restore_source_file(function: Callable[..., Any], filename: str) -> None:
+    """Give code that came pickled by value its file back.
+
+    cloudpickle (3.1.3 on) names such code ``<dynamic-code>``, which would
+    leave the caller's tracebacks without source lines. The function and the
+    by-value functions of its module it reaches through its globals (helpers,
+    itself when recursive) take the caller's file; line numbers are kept.
+    """
+    module = getattr(function, "__module__", None)
+    stack: list[object] = [function]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if (
+            not isinstance(item, types.FunctionType)
+            or id(item) in seen
+            or item.__module__ != module
+            or item.__code__.co_filename != _PICKLED_CODE_FILE
+        ):
+            continue
+        seen.add(id(item))
+        item.__code__ = _with_file(item.__code__, filename)
+        stack.extend(item.__globals__.values())
+
+
+def _with_file(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _with_file(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
 
 
 def _import_function(reference: str) -> Callable[..., Any]:
