@@ -66,9 +66,10 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.SubmitReply:
         async with _status_on_error(context):
-            _check_sizes(request.payloads)
+            payloads = list(request.payloads)  # each read of a protobuf bytes field is a copy
+            _check_sizes(payloads)
             jobs = self._tracker.submit(
-                list(request.payloads),
+                payloads,
                 retries=request.retries,
                 time_limit=request.time_limit_s or None,
                 batch_id=request.batch_id,
@@ -130,8 +131,9 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             )
 
     async def _run(self, request: pool_pb2.RunRequest, budget: float | None) -> Job:
-        _check_sizes([request.payload])
-        job = Job(request.payload, max_attempts=request.retries + 1)
+        payload = request.payload  # each read of a protobuf bytes field is a copy
+        _check_sizes([payload])
+        job = Job(payload, max_attempts=request.retries + 1)
         queued = False
         try:
             async with asyncio.timeout(budget):

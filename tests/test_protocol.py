@@ -53,6 +53,8 @@ def test_decode(message: Message, line: bytes) -> None:
         b"READY 12\n",
         b"READY x 1\n",
         b"JOB r1 not*base64\n",
+        b"JOB r1 AAAA\nAAAA\n",
+        b"RESULT r5 ok AAA\n",
         b"JOB  AAAA\n",
         b"RESULT r5\n",
         b"RESULT r5 maybe AAAA\n",
@@ -79,7 +81,7 @@ def test_line_limit_fits_the_largest_payload() -> None:
     assert len(b"RESULT j-0123456789abcdef retry \n") + encoded_size <= MAX_LINE_BYTES
 
 
-def test_job_parts_join_to_the_job_line() -> None:
+@pytest.mark.parametrize(("message", "line"), CASES)
+def test_parts_join_to_the_line(message: Message, line: bytes) -> None:
     """encode_parts writes the same bytes as encode, in pieces."""
-    message = JobRequest(job_id="r3", payload=b"\x00" * 1000)
-    assert b"".join(encode_parts(message)) == encode(message)
+    assert b"".join(encode_parts(message)) == line

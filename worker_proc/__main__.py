@@ -25,7 +25,7 @@ from worker_proc.protocol import (
     ProtocolError,
     Ready,
     decode_line,
-    encode,
+    encode_parts,
 )
 from worker_proc.reporting import reporting
 from worker_proc.runner import run_payload
@@ -42,9 +42,9 @@ def main() -> int:
     write_lock = threading.Lock()  # progress timers write from other threads
 
     def write(message: Message) -> None:
-        line = encode(message)
+        parts = encode_parts(message)
         with write_lock:
-            protocol_out.write(line)
+            protocol_out.writelines(parts)
             protocol_out.flush()
 
     write(Ready(os.getpid(), PROTOCOL_VERSION))

@@ -20,6 +20,8 @@ import binascii
 import enum
 from dataclasses import dataclass
 
+import pybase64
+
 PROTOCOL_VERSION = 2
 
 # The largest call payload (and the largest outcome) one line may carry. The
@@ -30,6 +32,8 @@ MAX_PAYLOAD_BYTES = 1 << 30
 
 # base64 grows data by 4/3; 128 bytes cover the kind token, ids and newline.
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
+
+_MAX_KIND_LEN = 16  # the longest kind token, PROGRESS, with room to spare
 
 
 class ProtocolError(Exception):
@@ -79,68 +83,73 @@ class JobOutcome:
 Message = Ready | JobRequest | Progress | JobOutcome
 
 
-def _b64(data: bytes) -> bytes:
-    return binascii.b2a_base64(data, newline=False)
-
-
 def encode(message: Message) -> bytes:
     """Return ``message`` as one newline-terminated line."""
+    return b"".join(encode_parts(message))
+
+
+def encode_parts(message: Message) -> tuple[bytes, ...]:
+    """``message``'s line in pieces (head, base64, newline) to be written one
+    after another: for a large payload this saves joining them, which would
+    copy the whole base64 once more."""
     match message:
         case Ready(pid, version):
-            return b"READY %d %d\n" % (pid, version)
+            return (b"READY %d %d\n" % (pid, version),)
         case JobRequest(job_id, payload):
-            return b"JOB %s %s\n" % (job_id.encode(), _b64(payload))
+            return b"JOB %s " % job_id.encode(), _b64(payload), b"\n"
         case Progress(job_id, fraction, text):
             amount = b"-" if fraction is None else repr(fraction).encode()
-            return b"PROGRESS %s %s %s\n" % (job_id.encode(), amount, _b64(text.encode()))
+            return b"PROGRESS %s %s " % (job_id.encode(), amount), _b64(text.encode()), b"\n"
         case JobOutcome(job_id, status, outcome):
-            return b"RESULT %s %s %s\n" % (job_id.encode(), status.value.encode(), _b64(outcome))
+            head = b"RESULT %s %s " % (job_id.encode(), status.value.encode())
+            return head, _b64(outcome), b"\n"
     raise TypeError(f"not a protocol message: {message!r}")
 
 
-def encode_parts(message: JobRequest) -> tuple[bytes, bytes, bytes]:
-    """A JOB line in three pieces (head, base64, newline), to be written one
-    after another: for a large payload this saves joining them, which would
-    copy the whole base64 once more."""
-    return b"JOB %s " % message.job_id.encode(), _b64(message.payload), b"\n"
-
-
 def decode_line(line: bytes) -> Message:
-    """Parse one line (with or without its newline) into a message."""
-    kind, _, rest = line.rstrip(b"\n").partition(b" ")
+    """Parse one line (with or without its newline) into a message.
+
+    The base64 part is decoded straight from the line, never sliced out of
+    it: for a 128 MiB payload every avoided copy is tens of milliseconds."""
+    end = len(line) - 1 if line.endswith(b"\n") else len(line)
+    kind = line[:_MAX_KIND_LEN].partition(b" ")[0].rstrip(b"\n")
+    start = len(kind) + 1
     try:
         if kind == b"READY":
-            pid, version = rest.split(b" ")
+            pid, version = line[start:end].split(b" ")
             return Ready(int(pid), int(version))
         if kind == b"JOB":
-            fields, data = _split_fields(rest, 1)
+            fields, data = _split_fields(line, start, end, 1)
             return JobRequest(fields[0], _unb64(data))
         if kind == b"PROGRESS":
-            (job, amount), data = _split_fields(rest, 2)
+            (job, amount), data = _split_fields(line, start, end, 2)
             fraction = None if amount == "-" else float(amount)
             return Progress(job, fraction, _unb64(data).decode())
         if kind == b"RESULT":
-            (job, status), data = _split_fields(rest, 2)
+            (job, status), data = _split_fields(line, start, end, 2)
             return JobOutcome(job, ResultStatus(status), _unb64(data))
     except (ValueError, binascii.Error) as e:
         raise ProtocolError(f"malformed {kind!r} line: {line[:80]!r}") from e
     raise ProtocolError(f"unknown line kind {kind!r}: {line[:80]!r}")
 
 
-def _split_fields(rest: bytes, count: int) -> tuple[list[str], memoryview]:
-    """Split ``count`` short fields off the front, then the (possibly huge)
-    base64 part, without copying the latter."""
+def _split_fields(line: bytes, start: int, end: int, count: int) -> tuple[list[str], memoryview]:
+    """Split ``count`` short fields off ``line[start:end]``, then return the
+    (possibly huge) base64 part as a view, without copying it."""
     fields = []
-    start = 0
     for _ in range(count):
-        end = rest.index(b" ", start)
-        field = rest[start:end].decode("ascii")
+        stop = line.index(b" ", start, end)
+        field = line[start:stop].decode("ascii")
         if not field:
             raise ValueError("empty field")
         fields.append(field)
-        start = end + 1
-    return fields, memoryview(rest)[start:]
+        start = stop + 1
+    return fields, memoryview(line)[start:end]
+
+
+def _b64(data: bytes) -> bytes:
+    return pybase64.b64encode(data)
 
 
 def _unb64(data: memoryview) -> bytes:
-    return binascii.a2b_base64(data, strict_mode=True)
+    return pybase64.b64decode(data, validate=True)
