@@ -1,7 +1,7 @@
 # One command for each thing a newcomer does; every target installs first.
 #   make demo    install, start pool-server on :50051, run test.py against it, keep serving
 #   make test    install, lint, type-check and run the whole test suite
-#   make bench   install and print the core latency/throughput and job figures
+#   make bench   install and print the core latency/throughput, job and memory figures
 #                (the peer comparison: python -m bench, after pip install -e '.[bench]')
 #   make proto   regenerate pool_proto/ from proto/pool.proto
 
@@ -40,6 +40,7 @@ test: lint
 bench: install
 	$(BIN)/python -m bench.latency_throughput
 	$(BIN)/python -m bench.jobs_throughput
+	$(BIN)/python -m bench.many_clients
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Ipool_proto=proto --python_out=. \

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -60,12 +61,23 @@ SERVICE_NAME = pool_pb2.DESCRIPTOR.services_by_name["Pool"].full_name
 
 def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit code."""
+    _raise_open_file_limit()
     code: int = uvloop.run(_serve(config))
     # Everything is stopped; a second SIGTERM arriving now must not turn a
     # clean exit into death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
     return code
+
+
+def _raise_open_file_limit() -> None:
+    """Every client connection holds a file descriptor, and the usual soft
+    limit of 1,024 would stop the server from accepting its thousandth client
+    (the connection just hangs); take the hard limit, as most daemons do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):  # refused: keep what we have
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _serve(config: ServerConfig) -> int:

@@ -66,3 +66,20 @@ def test_quick_run_writes_a_complete_table(tmp_path: Path) -> None:
     else:
         for name in ("latency", "throughput", "efficiency", "payloads", "scaling"):
             assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+def test_many_clients_reports_memory_per_client() -> None:
+    """``python -m bench.many_clients``, small: every client is counted and answered."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.many_clients", "--clients", "40", "--processes", "2"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all connected:   +40 fds" in proc.stdout, proc.stdout
+    assert re.search(r"KiB per client", proc.stdout), proc.stdout
+    assert "all 40 calls answered" in proc.stdout, proc.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import subprocess
 import sys
@@ -169,3 +170,37 @@ def test_startup_line_and_log_name_the_address(tmp_path: Path, start_server: Sta
     server = start_server("--workers", "3")
     assert len(server.pids()) == 3
     assert server.address.startswith("127.0.0.1:")
+
+
+def test_server_serves_more_clients_than_a_low_soft_open_file_limit(
+    start_server: StartServer,
+) -> None:
+    """Started under a soft limit of 128 open files, the server takes the hard
+    limit and answers 300 clients, each on its own connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1024:
+        pytest.skip(f"the hard open file limit here is only {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    try:
+        server = start_server("--workers", "1")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    payload = compute_this(server.address)(nap)(0).payload()
+
+    async def clients(count: int) -> list[bytes]:
+        options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per channel
+        channels = [
+            grpc.aio.insecure_channel(server.address, options=options) for _ in range(count)
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
+            request = pool_pb2.RunRequest(payload=payload)
+            stubs = [pool_pb2_grpc.PoolStub(c) for c in channels]
+            replies = await asyncio.gather(*(s.Run(request, timeout=60) for s in stubs))
+            return [reply.outcome for reply in replies]
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
+
+    outcomes = [loads_outcome(outcome) for outcome in asyncio.run(clients(300))]
+    assert all(isinstance(o, CallOutcome) for o in outcomes)
+    assert all(o.status is OutcomeStatus.RETURNED for o in outcomes if isinstance(o, CallOutcome))
