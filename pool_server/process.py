@@ -18,10 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from worker_proc.protocol import (
-    MAX_LINE_BYTES,
     PROTOCOL_VERSION,
     JobOutcome,
     JobRequest,
+    LineReader,
+    Message,
     Progress,
     ProtocolError,
     Ready,
@@ -48,6 +49,10 @@ PIPE_DRAIN_TIMEOUT_S = 1.0
 
 # stderr is read in chunks and logged per line; longer lines are cut here.
 STDERR_CHUNK_BYTES = 64 * 1024
+
+# The protocol channel is read this much at a time; at most twice this is
+# buffered before the worker is made to wait (asyncio's StreamReader limit).
+STDOUT_CHUNK_BYTES = 256 * 1024
 
 WORKER_COMMAND = (sys.executable, "-m", "worker_proc")
 
@@ -92,7 +97,7 @@ class WorkerProcess:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                limit=MAX_LINE_BYTES,
+                limit=STDOUT_CHUNK_BYTES,
                 start_new_session=True,  # Ctrl-C in the server's terminal is the server's
             )
         except OSError as e:  # out of file descriptors, processes or memory
@@ -116,10 +121,13 @@ class WorkerProcess:
             reply.set_exception(WorkerDied())
             return reply
         self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
+        stdin = self._proc.stdin
         for part in encode_parts(JobRequest(job_id, payload)):
-            self._proc.stdin.write(part)
-        with contextlib.suppress(ConnectionError):  # a dead worker is reported by `reply`
-            await self._proc.stdin.drain()
+            if stdin.is_closing():  # it died mid-line; `reply` says so
+                break
+            stdin.write(part)
+            with contextlib.suppress(ConnectionError):
+                await stdin.drain()  # one piece of a large payload in flight at a time
         return reply
 
     async def outcome(
@@ -202,10 +210,12 @@ class WorkerProcess:
 
     async def _read_stdout(self) -> None:
         assert self._proc.stdout is not None
+        reader = LineReader()
         try:
-            while line := await self._proc.stdout.readline():
-                self._handle_line(line)
-        except (ValueError, ProtocolError) as e:  # ValueError: line over MAX_LINE_BYTES
+            while chunk := await self._proc.stdout.read(STDOUT_CHUNK_BYTES):
+                for message in reader.feed(chunk):
+                    self._handle(message)
+        except ProtocolError as e:
             self.protocol_error = str(e)
             log.error("worker %d (pid %d) broke the protocol: %s", self.worker_id, self.pid, e)
             _signal_group(self.pid, signal.SIGKILL)
@@ -213,14 +223,13 @@ class WorkerProcess:
             if self._reply is not None and not self._reply.done():
                 self._reply.set_exception(WorkerDied())
 
-    def _handle_line(self, line: bytes) -> None:
-        message = decode_line(line)
+    def _handle(self, message: Message) -> None:
         if isinstance(message, Progress):
             if self._on_progress is not None and message.job_id == self._job_id:
                 self._on_progress(message)
             return
         if not isinstance(message, JobOutcome):
-            raise ProtocolError(f"unexpected {type(message).__name__} line: {line[:80]!r}")
+            raise ProtocolError(f"unexpected {type(message).__name__} line")
         if self._reply is None or message.job_id != self._job_id or self._reply.done():
             # The caller gave up just as the answer came; the worker is being replaced.
             log.debug("worker %d: ignoring outcome of job %s", self.worker_id, message.job_id)
@@ -275,6 +284,8 @@ async def _handshake(proc: asyncio.subprocess.Process) -> None:
             line = await proc.stdout.readline()
     except TimeoutError:
         raise WorkerStartError(f"no READY within {READY_TIMEOUT_S:.0f} s") from None
+    except ValueError:  # a first line longer than the reader's limit
+        raise WorkerStartError("expected READY, got an endless line") from None
     if not line:
         assert proc.stderr is not None
         stderr = (await proc.stderr.read(STDERR_CHUNK_BYTES)).decode(errors="replace")

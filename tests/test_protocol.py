@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from worker_proc.protocol import (
+    CHUNK_BYTES,
     MAX_LINE_BYTES,
     MAX_PAYLOAD_BYTES,
     JobOutcome,
     JobRequest,
+    LineReader,
     Message,
     Progress,
     ProtocolError,
@@ -85,3 +87,55 @@ def test_line_limit_fits_the_largest_payload() -> None:
 def test_parts_join_to_the_line(message: Message, line: bytes) -> None:
     """encode_parts writes the same bytes as encode, in pieces."""
     assert b"".join(encode_parts(message)) == line
+
+
+def feed_in_chunks(reader: LineReader, data: bytes, size: int) -> list[Message]:
+    messages = []
+    for start in range(0, len(data), size):
+        messages += reader.feed(data[start : start + size])
+    return messages
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 17, 64, 10_000])
+def test_reader_parses_lines_cut_anywhere(size: int) -> None:
+    """However the stream is cut into chunks, the reader gives every message, in order."""
+    stream = b"".join(line for _, line in CASES)
+    assert feed_in_chunks(LineReader(), stream, size) == [message for message, _ in CASES]
+
+
+@pytest.mark.parametrize("size", [4093, 65_536, 1 << 20])
+def test_large_payload_is_written_in_pieces_and_read_back(size: int) -> None:
+    """A payload of several pieces: none over a piece's base64, and the bytes survive."""
+    payload = bytes(range(256)) * (3 * CHUNK_BYTES // 256 + 7)
+    message = JobOutcome(job_id="j1", status=ResultStatus.OK, outcome=payload)
+    parts = list(encode_parts(message))
+    assert len(parts) == 6  # head, four pieces, newline
+    assert max(len(part) for part in parts) == CHUNK_BYTES // 3 * 4
+    stream = b"".join(parts) + encode(Ready(pid=1, version=2))
+    assert feed_in_chunks(LineReader(), stream, size) == [message, Ready(pid=1, version=2)]
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"JOB r1 AA==", b"AAAA\n"],  # padding, then more
+        [b"JOB r1 AAA", b"\n"],  # cut short
+        [b"JOB r1 AAAA", b"AA*A\n"],  # not base64
+        [b"RESULT r1 ", b"maybe AAAA\n"],  # no such status
+        [b"JOB" + b"x" * 2000],  # no head
+        [b"PROGRESS j1 0.5 ", b"//79\n"],  # message not UTF-8
+    ],
+)
+def test_reader_rejects_malformed_lines_across_chunks(chunks: list[bytes]) -> None:
+    reader = LineReader()
+    with pytest.raises(ProtocolError):
+        for chunk in chunks:
+            reader.feed(chunk)
+
+
+def test_reader_enforces_the_line_limit() -> None:
+    """A line over the limit is refused as it arrives, before it is all buffered."""
+    reader = LineReader(max_line_bytes=1000)
+    reader.feed(b"JOB r1 " + b"AAAA" * 200)
+    with pytest.raises(ProtocolError, match="over 1000 bytes"):
+        reader.feed(b"AAAA" * 100)

@@ -21,16 +21,18 @@ from worker_proc.protocol import (
     PROTOCOL_VERSION,
     JobOutcome,
     JobRequest,
+    LineReader,
     Message,
     ProtocolError,
     Ready,
-    decode_line,
     encode_parts,
 )
 from worker_proc.reporting import reporting
 from worker_proc.runner import run_payload
 
 EXIT_PROTOCOL_ERROR = 3  # the server sent something this worker cannot parse
+
+READ_CHUNK_BYTES = 1024 * 1024  # a large JOB line is decoded this much at a time
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
@@ -48,23 +50,28 @@ def main() -> int:
             protocol_out.flush()
 
     write(Ready(os.getpid(), PROTOCOL_VERSION))
-    for line in protocol_in:
+    reader = LineReader()
+    while chunk := os.read(protocol_in, READ_CHUNK_BYTES):
         try:
-            message = decode_line(line)
+            messages = reader.feed(chunk)
         except ProtocolError as e:
             sys.stderr.write(f"worker {os.getpid()}: {e}\n")
             return EXIT_PROTOCOL_ERROR
-        if not isinstance(message, JobRequest):
-            sys.stderr.write(f"worker {os.getpid()}: unexpected {message!r}\n")
-            return EXIT_PROTOCOL_ERROR
-        with reporting(message.job_id, write):
-            status, outcome = run_payload(message.payload)
-        write(JobOutcome(message.job_id, status, outcome))
+        while messages:
+            message = messages.pop(0)
+            if not isinstance(message, JobRequest):
+                sys.stderr.write(f"worker {os.getpid()}: unexpected {type(message).__name__}\n")
+                return EXIT_PROTOCOL_ERROR
+            job_id = message.job_id
+            with reporting(job_id, write):
+                status, outcome = run_payload(message.payload)
+            del message  # let a large payload go before its outcome is written
+            write(JobOutcome(job_id, status, outcome))
     return 0  # EOF on the protocol channel: the server is done with us
 
 
-def _claim_protocol_fds() -> tuple[BinaryIO, BinaryIO]:
-    protocol_in = os.fdopen(os.dup(0), "rb")
+def _claim_protocol_fds() -> tuple[int, BinaryIO]:
+    protocol_in = os.dup(0)
     protocol_out = os.fdopen(os.dup(1), "wb")
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)

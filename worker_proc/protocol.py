@@ -12,12 +12,17 @@ worker both use these functions, so the format lives in exactly one place.
 The RESULT status is all the server learns of an outcome it never unpickles:
 ``error`` means the call failed, ``retry`` that it failed with an exception
 the caller asked to retry on.
+
+Payloads run to 1 GiB, so neither side holds a long line whole: the writer
+encodes base64 a piece at a time (:func:`encode_parts`) and the reader
+decodes it as it arrives (:class:`LineReader`), in the manner of h11.
 """
 
 from __future__ import annotations
 
 import binascii
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pybase64
@@ -34,6 +39,16 @@ MAX_PAYLOAD_BYTES = 1 << 30
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
 
 _MAX_KIND_LEN = 16  # the longest kind token, PROGRESS, with room to spare
+
+# How many space-separated fields come between a kind and its base64 part.
+_BODY_FIELDS = {b"JOB": 1, b"PROGRESS": 2, b"RESULT": 2}
+
+# A head (kind and fields) longer than this is not one.
+_MAX_HEAD_BYTES = 1024
+
+# A long line's base64 is written in pieces of this many payload bytes (a
+# multiple of 3, so the pieces' base64 joins into the whole's), 1 MiB encoded.
+CHUNK_BYTES = 3 * 256 * 1024
 
 
 class ProtocolError(Exception):
@@ -88,26 +103,43 @@ def encode(message: Message) -> bytes:
     return b"".join(encode_parts(message))
 
 
-def encode_parts(message: Message) -> tuple[bytes, ...]:
-    """``message``'s line in pieces (head, base64, newline) to be written one
-    after another: for a large payload this saves joining them, which would
-    copy the whole base64 once more."""
+def encode_parts(message: Message) -> Iterator[bytes]:
+    """``message``'s line in pieces to be written one after another.
+
+    A short line is one piece (one write). A long one is its head, then its
+    base64 in ``CHUNK_BYTES`` pieces encoded as they are asked for, then the
+    newline: writing it never holds more than one piece of base64, where
+    encoding it whole would hold 4/3 of the payload at once.
+    """
+    head, body = _head_and_body(message)
+    if len(body) <= CHUNK_BYTES:
+        yield head + _b64(body) + b"\n"
+        return
+    yield head
+    view = memoryview(body)
+    for start in range(0, len(view), CHUNK_BYTES):
+        yield _b64(view[start : start + CHUNK_BYTES])
+    yield b"\n"
+
+
+def _head_and_body(message: Message) -> tuple[bytes, bytes]:
+    """The line before its base64 part (with its trailing space), and the
+    bytes the base64 part carries."""
     match message:
         case Ready(pid, version):
-            return (b"READY %d %d\n" % (pid, version),)
+            return b"READY %d %d" % (pid, version), b""
         case JobRequest(job_id, payload):
-            return b"JOB %s " % job_id.encode(), _b64(payload), b"\n"
+            return b"JOB %s " % job_id.encode(), payload
         case Progress(job_id, fraction, text):
             amount = b"-" if fraction is None else repr(fraction).encode()
-            return b"PROGRESS %s %s " % (job_id.encode(), amount), _b64(text.encode()), b"\n"
+            return b"PROGRESS %s %s " % (job_id.encode(), amount), text.encode()
         case JobOutcome(job_id, status, outcome):
-            head = b"RESULT %s %s " % (job_id.encode(), status.value.encode())
-            return head, _b64(outcome), b"\n"
+            return b"RESULT %s %s " % (job_id.encode(), status.value.encode()), outcome
     raise TypeError(f"not a protocol message: {message!r}")
 
 
 def decode_line(line: bytes) -> Message:
-    """Parse one line (with or without its newline) into a message.
+    """Parse one whole line (with or without its newline) into a message.
 
     The base64 part is decoded straight from the line, never sliced out of
     it: for a 128 MiB payload every avoided copy is tens of milliseconds."""
@@ -118,19 +150,125 @@ def decode_line(line: bytes) -> Message:
         if kind == b"READY":
             pid, version = line[start:end].split(b" ")
             return Ready(int(pid), int(version))
-        if kind == b"JOB":
-            fields, data = _split_fields(line, start, end, 1)
-            return JobRequest(fields[0], _unb64(data))
-        if kind == b"PROGRESS":
-            (job, amount), data = _split_fields(line, start, end, 2)
-            fraction = None if amount == "-" else float(amount)
-            return Progress(job, fraction, _unb64(data).decode())
-        if kind == b"RESULT":
-            (job, status), data = _split_fields(line, start, end, 2)
-            return JobOutcome(job, ResultStatus(status), _unb64(data))
+        if kind in _BODY_FIELDS:
+            fields, data = _split_fields(line, start, end, _BODY_FIELDS[kind])
+            return _message(kind, fields, _unb64(data))
     except (ValueError, binascii.Error) as e:
         raise ProtocolError(f"malformed {kind!r} line: {line[:80]!r}") from e
     raise ProtocolError(f"unknown line kind {kind!r}: {line[:80]!r}")
+
+
+class LineReader:
+    """Messages from a byte stream fed in chunks of any size (sans-I/O).
+
+    Short lines are parsed whole. A line that spans chunks has its base64
+    decoded as it arrives, so a 128 MiB payload is never held as its
+    171 MiB line, let alone as the copies a line reader makes of it.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._max_line_bytes = max_line_bytes
+        self._head = bytearray()  # the start of a line that spans chunks
+        self._body: _Body | None = None  # its base64 part, once the head is complete
+
+    def feed(self, data: bytes) -> list[Message]:
+        """The messages completed by ``data``; raises :class:`ProtocolError`."""
+        messages: list[Message] = []
+        start = 0
+        while start < len(data):
+            if self._body is not None:
+                start = self._feed_body(self._body, data, start, messages)
+                continue
+            newline = data.find(b"\n", start)
+            if newline != -1 and not self._head:  # a whole line in this chunk
+                messages.append(decode_line(data[start:newline]))
+                start = newline + 1
+                continue
+            stop = len(data) if newline == -1 else newline + 1
+            self._head += data[start:stop]
+            start = stop
+            if newline != -1:
+                line, self._head = bytes(self._head), bytearray()
+                messages.append(decode_line(line))
+            else:
+                self._start_body()
+        return messages
+
+    def _start_body(self) -> None:
+        """Once the head holds the kind and fields, decode the rest as it comes."""
+        head = bytes(self._head)
+        kind = head.partition(b" ")[0]
+        count = _BODY_FIELDS.get(kind)
+        if count is None or head.count(b" ") < count + 1:
+            if len(head) > _MAX_HEAD_BYTES:
+                raise ProtocolError(f"line without a valid head: {head[:80]!r}")
+            return
+        try:
+            fields, data = _split_fields(head, len(kind) + 1, len(head), count)
+        except ValueError as e:
+            raise ProtocolError(f"malformed {kind!r} line: {head[:80]!r}") from e
+        self._head = bytearray()
+        self._body = _Body(kind, fields, head[:80])
+        self._body.add(data)
+
+    def _feed_body(self, body: _Body, data: bytes, start: int, messages: list[Message]) -> int:
+        newline = data.find(b"\n", start)
+        stop = len(data) if newline == -1 else newline
+        body.add(memoryview(data)[start:stop])
+        if body.size > self._max_line_bytes:
+            raise ProtocolError(f"line over {self._max_line_bytes} bytes: {body.quote!r}")
+        if newline == -1:
+            return stop
+        self._body = None
+        messages.append(_message(body.kind, body.fields, body.finish()))
+        return newline + 1
+
+
+class _Body:
+    """A line's base64 part, decoded a 4-character group at a time."""
+
+    def __init__(self, kind: bytes, fields: list[str], quote: bytes) -> None:
+        self.kind = kind
+        self.fields = fields
+        self.quote = quote  # the line's start, for error messages
+        self.size = 0
+        self._carry = b""  # up to 3 characters of an incomplete group
+        self._padded = False
+        self._parts: list[bytes] = []
+
+    def add(self, chars: memoryview) -> None:
+        self.size += len(chars)
+        data = self._carry + chars
+        whole = len(data) // 4 * 4
+        if whole == 0:
+            self._carry = data
+            return
+        if self._padded:
+            raise ProtocolError(f"base64 goes on after its padding: {self.quote!r}")
+        self._carry = data[whole:]
+        try:
+            self._parts.append(_unb64(memoryview(data)[:whole]))
+        except (ValueError, binascii.Error) as e:
+            raise ProtocolError(f"malformed {self.kind!r} line: {self.quote!r}") from e
+        self._padded = data[whole - 1 : whole] == b"="
+
+    def finish(self) -> bytes:
+        if self._carry:
+            raise ProtocolError(f"base64 cut short: {self.quote!r}")
+        return b"".join(self._parts)
+
+
+def _message(kind: bytes, fields: list[str], data: bytes) -> Message:
+    try:
+        if kind == b"JOB":
+            return JobRequest(fields[0], data)
+        if kind == b"PROGRESS":
+            job, amount = fields
+            return Progress(job, None if amount == "-" else float(amount), data.decode())
+        job, status = fields
+        return JobOutcome(job, ResultStatus(status), data)
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise ProtocolError(f"malformed {kind!r} line with fields {fields}") from e
 
 
 def _split_fields(line: bytes, start: int, end: int, count: int) -> tuple[list[str], memoryview]:
@@ -147,7 +285,7 @@ def _split_fields(line: bytes, start: int, end: int, count: int) -> tuple[list[s
     return fields, memoryview(line)[start:end]
 
 
-def _b64(data: bytes) -> bytes:
+def _b64(data: bytes | memoryview) -> bytes:
     return pybase64.b64encode(data)
 
 
