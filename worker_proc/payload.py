@@ -6,7 +6,12 @@ A payload is one of two formats, told apart by its first byte:
   The worker answers with a pickled :class:`CallOutcome`. User objects (the
   function, its arguments, the return value, a raised exception) are pickled
   separately with cloudpickle, so one of them failing to (un)pickle is
-  reported precisely instead of losing the call.
+  reported precisely instead of losing the call. Large ones travel out of
+  band (pickle protocol 5), after the message's own pickle::
+
+      <message pickle> <buffer 1> ... <buffer n> <lengths: n + 1 times 8 bytes> <n + 1: 1 byte>
+
+  so the reader unpickles them from views of the payload, not from copies.
 - JSON (``{``): :class:`JsonCall`, ``{"function": "module:name", "args": [...],
   "kwargs": {...}}``, for shells and non-Python clients. The worker answers
   in JSON too (see :func:`json_outcome`).
@@ -19,8 +24,15 @@ from __future__ import annotations
 import enum
 import json
 import pickle
+import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+# Pickled user objects this large travel out of band; smaller ones are not
+# worth the bookkeeping.
+OUT_OF_BAND_BYTES = 64 * 1024
+
+_MAX_PARTS = 255  # the message pickle and its buffers, counted in one byte
 
 
 class OutcomeStatus(enum.Enum):
@@ -30,24 +42,37 @@ class OutcomeStatus(enum.Enum):
     BAD_RESULT = "bad_result"  # the return value would not pickle, or is over the size limit
 
 
+# A pickled user object: bytes where it was made, a view of the payload where
+# it was read.
+Pickled = bytes | memoryview
+
+
 @dataclass(frozen=True, slots=True)
 class CallRequest:
-    function: bytes  # cloudpickled callable
-    arguments: bytes  # cloudpickled (args, kwargs)
+    function: Pickled  # cloudpickled callable
+    arguments: Pickled  # cloudpickled (args, kwargs)
     depmodules: tuple[str, ...]  # imported by the worker before unpickling
     retry_on: tuple[str, ...] = ()  # "module.QualName" of exceptions worth another attempt
     source_file: str = ""  # the function's file on the caller's side, for tracebacks
+
+    def __reduce__(self) -> tuple[type[CallRequest], tuple[Any, ...]]:
+        fields = (self.depmodules, self.retry_on, self.source_file)
+        return CallRequest, (_out_of_band(self.function), _out_of_band(self.arguments), *fields)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchRequest:
     """Many calls of one function (a chunk of ``f.map``), answered together."""
 
-    function: bytes  # cloudpickled callable, once for all items
-    items: bytes  # cloudpickled list of (args, kwargs)
+    function: Pickled  # cloudpickled callable, once for all items
+    items: Pickled  # cloudpickled list of (args, kwargs)
     depmodules: tuple[str, ...]
     retry_on: tuple[str, ...] = ()
     source_file: str = ""
+
+    def __reduce__(self) -> tuple[type[BatchRequest], tuple[Any, ...]]:
+        fields = (self.depmodules, self.retry_on, self.source_file)
+        return BatchRequest, (_out_of_band(self.function), _out_of_band(self.items), *fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +94,16 @@ class ErrorInfo:
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
     status: OutcomeStatus
-    value: bytes
+    value: Pickled
     error: ErrorInfo | None
     stdout: str
     stderr: str
     started_at: float  # time.time() when the function was called
     run_seconds: float  # how long the function ran
+
+    def __reduce__(self) -> tuple[type[CallOutcome], tuple[Any, ...]]:
+        fields = (self.error, self.stdout, self.stderr, self.started_at, self.run_seconds)
+        return CallOutcome, (self.status, _out_of_band(self.value), *fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +114,34 @@ class BatchOutcome:
 
 
 def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> bytes:
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    """The message's pickle, then its out-of-band buffers, then their lengths."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    if len(buffers) >= _MAX_PARTS:
+        raise ValueError(f"{len(buffers)} out-of-band buffers, over {_MAX_PARTS - 1}")
+    parts: list[bytes | memoryview] = [head, *(buffer.raw() for buffer in buffers)]
+    count = len(parts)
+    trailer = struct.pack(f">{count}QB", *(len(part) for part in parts), count)
+    return b"".join([*parts, trailer])
+
+
+def _loads(data: bytes) -> object:
+    """Undo :func:`dumps`; its big fields come back as views of ``data``."""
+    view = memoryview(data)
+    count = data[-1]
+    trailer_size = 8 * count + 1
+    lengths = struct.unpack(f">{count}Q", view[len(data) - trailer_size : -1])
+    if count == 0 or sum(lengths) + trailer_size != len(data):
+        raise ValueError("not a pickled message: its lengths do not add up")
+    parts, start = [], 0
+    for length in lengths:
+        parts.append(view[start : start + length])
+        start += length
+    return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def _out_of_band(data: Pickled) -> Pickled | pickle.PickleBuffer:
+    return pickle.PickleBuffer(data) if len(data) >= OUT_OF_BAND_BYTES else data
 
 
 def is_json(data: bytes) -> bool:
@@ -102,7 +158,7 @@ def loads_request(data: bytes) -> CallRequest | BatchRequest | JsonCall:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError('"args" must be a JSON array and "kwargs" a JSON object')
         return JsonCall(call["function"], args, kwargs)
-    message = pickle.loads(data)
+    message = _loads(data)
     if not isinstance(message, CallRequest | BatchRequest):
         raise TypeError(f"expected a CallRequest, got {type(message).__name__}")
     return message
@@ -110,7 +166,7 @@ def loads_request(data: bytes) -> CallRequest | BatchRequest | JsonCall:
 
 def loads_outcome(data: bytes) -> CallOutcome | BatchOutcome:
     """Unpickle an outcome; raises ``TypeError`` if ``data`` is not one."""
-    message = pickle.loads(data)
+    message = _loads(data)
     if not isinstance(message, CallOutcome | BatchOutcome):
         raise TypeError(f"expected a CallOutcome, got {type(message).__name__}")
     return message

@@ -1,0 +1,60 @@
+"""The pickled payload format: big fields out of band, read back as views."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+
+import pytest
+
+from worker_proc.payload import (
+    OUT_OF_BAND_BYTES,
+    BatchOutcome,
+    CallOutcome,
+    CallRequest,
+    OutcomeStatus,
+    dumps,
+    loads_outcome,
+    loads_request,
+)
+
+BIG = os.urandom(OUT_OF_BAND_BYTES + 1)
+
+
+def outcome(value: bytes) -> CallOutcome:
+    return CallOutcome(OutcomeStatus.RETURNED, value, None, "printed\n", "", 1.5, 0.25)
+
+
+@pytest.mark.parametrize("value", [b"", b"small", BIG])
+def test_outcome_round_trip(value: bytes) -> None:
+    assert loads_outcome(dumps(outcome(value))) == outcome(value)
+
+
+def test_big_fields_travel_out_of_band_and_come_back_as_views() -> None:
+    """The payload holds each big field once, and reading it copies nothing."""
+    request = CallRequest(b"function", BIG, ("numpy",), ("builtins.OSError",), "/src/job.py")
+    data = dumps(request)
+    assert len(data) < len(BIG) + 512
+    back = loads_request(data)
+    assert isinstance(back, CallRequest)
+    assert isinstance(back.arguments, memoryview) and back.arguments == BIG
+    assert (back.function, back.depmodules, back.source_file) == (
+        b"function",
+        ("numpy",),
+        "/src/job.py",
+    )
+
+
+def test_batch_outcomes_keep_order() -> None:
+    batch = BatchOutcome([outcome(BIG), outcome(b"1"), outcome(BIG[::-1])])
+    back = loads_outcome(dumps(batch))
+    assert isinstance(back, BatchOutcome)
+    assert [bytes(o.value) for o in back.outcomes] == [BIG, b"1", BIG[::-1]]
+
+
+@pytest.mark.parametrize("cut", [1, 9, len(BIG) // 2])
+def test_truncated_payload_is_an_error(cut: int) -> None:
+    data = dumps(outcome(BIG))
+    with pytest.raises((ValueError, struct.error, pickle.UnpicklingError)):
+        loads_outcome(data[:-cut])
