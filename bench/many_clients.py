@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.many_clients [--clients 1000] [--processes 10] [--workers 2]
+    python -m bench.many_clients [--clients 1000] [--processes 10] [--workers 2] [--rounds 2]
 
 ``--processes`` client processes open ``--clients`` gRPC channels between
 them, each its own TCP connection (a local subchannel pool, as separate
@@ -10,7 +10,9 @@ machines would have). Once every channel is connected they all send one
 ``Run`` at once: a call sleeping ``--sleep`` seconds, so that nearly all of
 them wait in the server's queue together. The server's resident memory and
 open file descriptors are read idle, peak while the calls are held, and again
-once every client has gone.
+once every client has gone. Each of ``--rounds`` rounds brings a new set of
+clients to the same server: a peak that does not grow from round to round is
+memory that is reused, not leaked.
 """
 
 from __future__ import annotations
@@ -67,10 +69,12 @@ def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def measure(server: Server, clients: int, processes: int, seconds: float) -> None:
+def one_round(
+    server: Server, clients: int, processes: int, seconds: float, idle_rss: float
+) -> None:
+    """Bring ``clients`` in, hold a call each, let them go; RSS against ``idle_rss``."""
     payload = compute_this(server.address)(nap)(seconds).payload()
-    compute_this(server.address)(nap)(0).compute()  # workers and their first job warmed up
-    idle_rss, idle_fds = server.rss_mib(), _open_fds(server.pid)
+    idle_fds = _open_fds(server.pid)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes + 1)
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
@@ -92,15 +96,12 @@ def measure(server: Server, clients: int, processes: int, seconds: float) -> Non
     time.sleep(1.0)  # let the server close the connections
     after_rss, after_fds = server.rss_mib(), _open_fds(server.pid)
     peak = sampler.peak or idle_rss
-    print(f"{clients:,} clients in {processes} processes, one {seconds} s call each")
-    print(f"  idle:            server RSS {idle_rss:6.0f} MiB, {idle_fds:5,} fds")
     print(
-        f"  all connected:   {connected_fds - idle_fds:+,} fds; "
-        f"calls held: server RSS peak {peak:6.0f} MiB "
-        f"(+{(peak - idle_rss) * 1024 / clients:,.1f} KiB per client)"
+        f" {connected_fds - idle_fds:+,} fds while connected; server RSS peak {peak:4.0f} MiB "
+        f"(+{(peak - idle_rss) * 1024 / clients:,.1f} KiB per client over idle), "
+        f"{after_rss:4.0f} MiB and {after_fds - idle_fds:+,} fds once they left; "
+        f"all {clients:,} calls answered in {elapsed:.1f} s"
     )
-    print(f"  clients gone:    server RSS {after_rss:6.0f} MiB, {after_fds:5,} fds")
-    print(f"  all {clients:,} calls answered in {elapsed:.1f} s")
 
 
 def main() -> int:
@@ -113,13 +114,23 @@ def main() -> int:
     parser.add_argument(
         "--sleep", type=float, default=0.005, help="each call's sleep (default: %(default)s)"
     )
+    parser.add_argument("--rounds", type=int, default=2, help="(default: %(default)s)")
     args = parser.parse_args()
     print(
         f"machine: {os.cpu_count()} CPUs, {platform.python_implementation()} "
         f"{platform.python_version()} on {platform.platform()}"
     )
     with pool_server(args.workers) as server:
-        measure(server, args.clients, args.processes, args.sleep)
+        compute_this(server.address)(nap)(0).compute()  # workers and their first job warmed up
+        print(
+            f"{args.clients:,} clients in {args.processes} processes, "
+            f"one {args.sleep} s call each, {args.workers} workers"
+        )
+        idle_rss = server.rss_mib()
+        print(f"idle: server RSS {idle_rss:.0f} MiB")
+        for round_number in range(1, args.rounds + 1):
+            print(f"round {round_number}:", end="")
+            one_round(server, args.clients, args.processes, args.sleep, idle_rss)
     return 0
 
 
