@@ -30,8 +30,8 @@ import grpc
 import uvloop
 
 from bench._server import pool_server
+from bench.suite.systems.grpc_echo_server import METHOD, SERVICE
 from distribute_client import compute_this
-from pool_proto import pool_pb2, pool_pb2_grpc
 
 OUR_MODULES = ("pool_server/", "worker_proc/")
 
@@ -42,24 +42,24 @@ def noop() -> None:
 
 async def echo_p50(port: int, calls: int) -> float:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pool_pb2_grpc.PoolStub(channel)
-        request = pool_pb2.RunRequest(payload=b"x" * 300)
+        echo = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+        request = b"x" * 300
         for _ in range(100):
-            await stub.Run(request)
+            await echo(request)
         samples = []
         for _ in range(calls):
             start = time.perf_counter()
-            await stub.Run(request)
+            await echo(request)
             samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
 
-def floor_p50(kind: str, calls: int) -> float:
-    command = [sys.executable, "-m", "bench._echo_server", kind]
+def floor_p50(*flags: str, calls: int) -> float:
+    command = [sys.executable, "-m", "bench.suite.systems.grpc_echo_server", *flags]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
+        port = int(proc.stdout.readline().split()[1])
         return uvloop.run(echo_p50(port, calls))
     finally:
         proc.kill()
@@ -124,8 +124,8 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=20000, help="(default: %(default)s)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    echo = floor_p50("echo", args.calls)
-    hop = floor_p50("pipe", args.calls)
+    echo = floor_p50(calls=args.calls)
+    hop = floor_p50("--pipe", calls=args.calls)
     ours = ours_p50(args.calls)
     print(f"grpc.aio echo p50:                      {echo * 1e6:7.0f} us")
     print(f"grpc.aio echo + one pipe round trip p50: {hop * 1e6:7.0f} us  ({hop / echo:.2f}x echo)")
