@@ -36,14 +36,17 @@ def machine() -> str:
     )
 
 
+NOT_CODE = (":(exclude)*.md", ":(exclude)bench/results")
+
+
 def revision() -> str:
     """The commit measured, so figures can be matched to the code that made them."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
         ).stdout.strip()
-        changes = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+        changes = subprocess.run(  # prose and results do not change the figures
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
