@@ -86,3 +86,19 @@ def test_many_clients_reports_memory_per_client() -> None:
         proc.stdout,
     )
     assert len(rounds) == 2, proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 30)
+def test_payload_stages_account_for_the_whole_call() -> None:
+    """``python -m bench.payload_stages``, small: every stage is timed and summed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.payload_stages", "--mib", "1", "--repeat", "1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"1 MiB round trip, .* [\d.]+ s \(\d+ MiB/s\)", proc.stdout), proc.stdout
+    assert len(re.findall(r"^  \w+ +.+ +[\d.]+ s +\d+%$", proc.stdout, re.MULTILINE)) == 12
