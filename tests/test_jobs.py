@@ -314,6 +314,17 @@ def test_map_chunks_keep_per_call_errors_and_counts(server: ServerProcess) -> No
     assert len(jobs) == 4
 
 
+def test_a_full_chunk_of_big_results(server: ServerProcess) -> None:
+    """256 calls in one job, each returning 100 KB: every result comes back whole."""
+
+    def block(i: int) -> bytes:
+        return i.to_bytes(2, "big") * 50_000
+
+    remote = compute_this(server.address)(block)
+    with remote.map(range(256), chunk_size=256) as results:
+        assert list(results) == [block(i) for i in range(256)]
+
+
 def test_a_retried_job_reports_its_own_end_not_an_earlier_attempt(
     server: ServerProcess, tmp_path: Path
 ) -> None:

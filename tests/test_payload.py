@@ -53,6 +53,14 @@ def test_batch_outcomes_keep_order() -> None:
     assert [bytes(o.value) for o in back.outcomes] == [BIG, b"1", BIG[::-1]]
 
 
+def test_a_full_batch_of_big_values() -> None:
+    """A chunk of f.map holds up to 256 calls: each may return a big value."""
+    values = [i.to_bytes(2, "big") + BIG for i in range(300)]
+    back = loads_outcome(dumps(BatchOutcome([outcome(v) for v in values])))
+    assert isinstance(back, BatchOutcome)
+    assert [bytes(o.value) for o in back.outcomes] == values
+
+
 @pytest.mark.parametrize("cut", [1, 9, len(BIG) // 2])
 def test_truncated_payload_is_an_error(cut: int) -> None:
     data = dumps(outcome(BIG))

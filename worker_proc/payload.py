@@ -9,9 +9,10 @@ A payload is one of two formats, told apart by its first byte:
   reported precisely instead of losing the call. Large ones travel out of
   band (pickle protocol 5), after the message's own pickle::
 
-      <message pickle> <buffer 1> ... <buffer n> <lengths: n + 1 times 8 bytes> <n + 1: 1 byte>
+      <message pickle> <buffer 1> ... <buffer n> <their n + 1 lengths> <n + 1>
 
-  so the reader unpickles them from views of the payload, not from copies.
+  (lengths and count as 8-byte big-endian integers), so the reader unpickles
+  them from views of the payload, not from copies.
 - JSON (``{``): :class:`JsonCall`, ``{"function": "module:name", "args": [...],
   "kwargs": {...}}``, for shells and non-Python clients. The worker answers
   in JSON too (see :func:`json_outcome`).
@@ -32,7 +33,7 @@ from typing import Any
 # worth the bookkeeping.
 OUT_OF_BAND_BYTES = 64 * 1024
 
-_MAX_PARTS = 255  # the message pickle and its buffers, counted in one byte
+_LENGTH = struct.Struct(">Q")
 
 
 class OutcomeStatus(enum.Enum):
@@ -117,21 +118,21 @@ def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> b
     """The message's pickle, then its out-of-band buffers, then their lengths."""
     buffers: list[pickle.PickleBuffer] = []
     head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    if len(buffers) >= _MAX_PARTS:
-        raise ValueError(f"{len(buffers)} out-of-band buffers, over {_MAX_PARTS - 1}")
     parts: list[bytes | memoryview] = [head, *(buffer.raw() for buffer in buffers)]
     count = len(parts)
-    trailer = struct.pack(f">{count}QB", *(len(part) for part in parts), count)
+    trailer = struct.pack(f">{count + 1}Q", *(len(part) for part in parts), count)
     return b"".join([*parts, trailer])
 
 
 def _loads(data: bytes) -> object:
     """Undo :func:`dumps`; its big fields come back as views of ``data``."""
     view = memoryview(data)
-    count = data[-1]
-    trailer_size = 8 * count + 1
-    lengths = struct.unpack(f">{count}Q", view[len(data) - trailer_size : -1])
-    if count == 0 or sum(lengths) + trailer_size != len(data):
+    (count,) = _LENGTH.unpack(view[-_LENGTH.size :])
+    trailer_size = _LENGTH.size * (count + 1)
+    if not 0 < trailer_size <= len(data):
+        raise ValueError("not a pickled message: no valid trailer")
+    lengths = struct.unpack(f">{count}Q", view[len(data) - trailer_size : -_LENGTH.size])
+    if sum(lengths) + trailer_size != len(data):
         raise ValueError("not a pickled message: its lengths do not add up")
     parts, start = [], 0
     for length in lengths:
