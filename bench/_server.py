@@ -1,15 +1,22 @@
-"""Start a throwaway pool-server for a benchmark."""
+"""Start a throwaway pool-server, or time the bare echo floor, for a benchmark."""
 
 from __future__ import annotations
 
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
+import uvloop
+
+from bench.suite.systems.grpc_echo_server import MESSAGE_OPTIONS, METHOD, SERVICE
 
 STOP_TIMEOUT_S = 30.0
 
@@ -49,3 +56,30 @@ def pool_server(workers: int, *extra: str) -> Iterator[Server]:
                 proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+def echo_median_s(request: bytes, calls: int, warm_up: int, *flags: str) -> float:
+    """The median round trip of ``request`` through the suite's bare grpc.aio
+    echo server (``flags``: ``--pipe`` relays each one through a child's pipes)."""
+    command = [sys.executable, "-m", "bench.suite.systems.grpc_echo_server", *flags]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        address = f"127.0.0.1:{int(proc.stdout.readline().split()[1])}"
+
+        async def measure() -> float:
+            async with grpc.aio.insecure_channel(address, options=MESSAGE_OPTIONS) as channel:
+                echo = channel.unary_unary(f"/{SERVICE}/{METHOD}")
+                for _ in range(warm_up):
+                    await echo(request)
+                samples = []
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    await echo(request)
+                    samples.append(time.perf_counter() - start)
+            return statistics.median(samples)
+
+        return uvloop.run(measure())
+    finally:
+        proc.terminate()
+        proc.wait()

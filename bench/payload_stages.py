@@ -26,11 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
-import uvloop
-
-from bench._server import pool_server
-from bench.suite.systems.grpc_echo_server import MESSAGE_OPTIONS, METHOD, SERVICE
+from bench._server import echo_median_s, pool_server
 from distribute_client import _codec, compute_this
 from pool_proto import pool_pb2
 from worker_proc.protocol import JobOutcome, JobRequest, LineReader, ResultStatus, encode_parts
@@ -63,32 +59,6 @@ def read_line(line: bytes) -> Any:
         messages += reader.feed(bytes(view[start : start + (1 << 20)]))
     (message,) = messages
     return message
-
-
-def echo_seconds(data: bytes, repeat: int) -> float:
-    """A bare grpc.aio round trip of ``data`` (request and reply)."""
-    command = [sys.executable, "-m", "bench.suite.systems.grpc_echo_server"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[1])
-
-        async def run() -> float:
-            address = f"127.0.0.1:{port}"
-            async with grpc.aio.insecure_channel(address, options=MESSAGE_OPTIONS) as channel:
-                echo = channel.unary_unary(f"/{SERVICE}/{METHOD}")
-                await echo(data)
-                times = []
-                for _ in range(repeat):
-                    start = time.perf_counter()
-                    await echo(data)
-                    times.append(time.perf_counter() - start)
-                return statistics.median(times)
-
-        return uvloop.run(run())
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def pipe_seconds(line: bytes, repeat: int) -> float:
@@ -173,7 +143,7 @@ def main() -> int:
     ]
     stages = [(where, what, median_seconds(repeat, stage)) for where, what, stage in in_process]
     stages += [
-        ("gRPC", "request and reply (bare echo)", echo_seconds(payload, repeat)),
+        ("gRPC", "request and reply (bare echo)", echo_median_s(payload, repeat, 1)),
         ("pipes", "JOB line there, RESULT back", pipe_seconds(job_line, repeat)),
     ]
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")

@@ -26,50 +26,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
 import uvloop
 
-from bench._server import pool_server
-from bench.suite.systems.grpc_echo_server import METHOD, SERVICE
+from bench._server import echo_median_s, pool_server
 from distribute_client import compute_this
 
 OUR_MODULES = ("pool_server/", "worker_proc/")
+
+
+WARM_UP_CALLS = 100
 
 
 def noop() -> None:
     return None
 
 
-async def echo_p50(port: int, calls: int) -> float:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        echo = channel.unary_unary(f"/{SERVICE}/{METHOD}")
-        request = b"x" * 300
-        for _ in range(100):
-            await echo(request)
-        samples = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            await echo(request)
-            samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def floor_p50(*flags: str, calls: int) -> float:
-    command = [sys.executable, "-m", "bench.suite.systems.grpc_echo_server", *flags]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[1])
-        return uvloop.run(echo_p50(port, calls))
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def ours_p50(calls: int) -> float:
     with pool_server(2) as server:
         remote = compute_this(server.address)(noop)
-        for _ in range(100):
+        for _ in range(WARM_UP_CALLS):
             remote().compute()
         samples = []
         for _ in range(calls):
@@ -124,8 +99,8 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=20000, help="(default: %(default)s)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    echo = floor_p50(calls=args.calls)
-    hop = floor_p50("--pipe", calls=args.calls)
+    echo = echo_median_s(b"x" * 300, args.calls, WARM_UP_CALLS)
+    hop = echo_median_s(b"x" * 300, args.calls, WARM_UP_CALLS, "--pipe")
     ours = ours_p50(args.calls)
     print(f"grpc.aio echo p50:                      {echo * 1e6:7.0f} us")
     print(f"grpc.aio echo + one pipe round trip p50: {hop * 1e6:7.0f} us  ({hop / echo:.2f}x echo)")

@@ -20,6 +20,19 @@ RUN_TIMEOUT_S = 300
 NUMBER = re.compile(r"\d+(\.\d+)? ?(ms|/s)")
 
 
+def run_bench(*args: str) -> str:
+    """``python -m <args>`` from the repository root; its stdout, once it succeeded."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def summary_rows(markdown: str) -> dict[str, list[str]]:
     """The summary table's rows by system name: the cells after the name."""
     section = markdown.split("## Summary", 1)[1].split("\n## ", 1)[0]
@@ -34,16 +47,9 @@ def summary_rows(markdown: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_quick_run_writes_a_complete_table(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--workers", "2", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stdout = run_bench("bench", "--quick", "--workers", "2", "--out", str(tmp_path))
     table = tmp_path / "results.md"
-    assert table.exists(), proc.stdout
+    assert table.exists(), stdout
     markdown = table.read_text()
     assert "Machine:" in markdown and "CPUs" in markdown and "Python" in markdown
     rows = summary_rows(markdown)
@@ -72,33 +78,19 @@ def test_quick_run_writes_a_complete_table(tmp_path: Path) -> None:
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_many_clients_reports_memory_per_client() -> None:
     """``python -m bench.many_clients``, small: every client is counted and answered."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.many_clients", "--clients", "40", "--processes", "2"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stdout = run_bench("bench.many_clients", "--clients", "40", "--processes", "2")
     rounds = re.findall(
         r"round \d: \+40 fds while connected; .* KiB per client over idle\), "
         r".* MiB and \+0 fds once they left; all 40 calls answered",
-        proc.stdout,
+        stdout,
     )
-    assert len(rounds) == 2, proc.stdout
+    assert len(rounds) == 2, stdout
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(RUN_TIMEOUT_S + 30)
 def test_payload_stages_account_for_the_whole_call() -> None:
     """``python -m bench.payload_stages``, small: every stage is timed and summed."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.payload_stages", "--mib", "1", "--repeat", "1"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert re.search(r"1 MiB round trip, .* [\d.]+ s \(\d+ MiB/s\)", proc.stdout), proc.stdout
-    assert len(re.findall(r"^  \w+ +.+ +[\d.]+ s +\d+%$", proc.stdout, re.MULTILINE)) == 12
+    stdout = run_bench("bench.payload_stages", "--mib", "1", "--repeat", "1")
+    assert re.search(r"1 MiB round trip, .* [\d.]+ s \(\d+ MiB/s\)", stdout), stdout
+    assert len(re.findall(r"^  \w+ +.+ +[\d.]+ s +\d+%$", stdout, re.MULTILINE)) == 12
