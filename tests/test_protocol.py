@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from worker_proc.protocol import (
@@ -139,3 +141,39 @@ def test_reader_enforces_the_line_limit() -> None:
     reader.feed(b"JOB r1 " + b"AAAA" * 200)
     with pytest.raises(ProtocolError, match="over 1000 bytes"):
         reader.feed(b"AAAA" * 100)
+
+
+def random_stream(rng: random.Random) -> bytes:
+    """A few messages of every kind, then maybe a byte or two broken."""
+    messages: list[Message] = []
+    for _ in range(rng.randrange(1, 4)):
+        body = rng.randbytes(rng.choice([0, 1, 2, 3, 5, 100, 5000]))
+        kinds: list[Message] = [
+            JobRequest(f"j{rng.randrange(100)}", body),
+            JobOutcome(f"r{rng.randrange(100)}", rng.choice(list(ResultStatus)), body),
+            Progress("p1", rng.choice([None, 0.5]), body.hex()),
+            Ready(rng.randrange(1000), 2),
+        ]
+        messages.append(rng.choice(kinds))
+    stream = bytearray(b"".join(encode(m) for m in messages))
+    if rng.random() < 0.5:
+        for _ in range(rng.randrange(1, 3)):
+            stream[rng.randrange(len(stream))] = rng.choice(b" =*A\n\x00")
+    return bytes(stream)
+
+
+def read_all(stream: bytes, size: int) -> list[Message] | str:
+    try:
+        return feed_in_chunks(LineReader(), stream, size)
+    except ProtocolError:
+        return "ProtocolError"
+
+
+def test_chunking_never_changes_what_the_reader_sees() -> None:
+    """Valid or broken, a stream reads the same whole or cut into any chunks."""
+    rng = random.Random(20261124)
+    for _ in range(500):
+        stream = random_stream(rng)
+        whole = read_all(stream, len(stream))
+        for size in (1, 2, 3, 7, 64, 1000):
+            assert read_all(stream, size) == whole, (size, stream[:120])
