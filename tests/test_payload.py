@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import struct
@@ -66,3 +67,23 @@ def test_truncated_payload_is_an_error(cut: int) -> None:
     data = dumps(outcome(BIG))
     with pytest.raises((ValueError, struct.error, pickle.UnpicklingError)):
         loads_outcome(data[:-cut])
+
+
+def test_messages_copy_and_pickle_as_plain_objects_too() -> None:
+    """Out-of-band buffers only where the protocol has them: copy, deepcopy and
+    pickle protocol 4 still work, and so do fields read back as views."""
+    message = outcome(BIG)
+    assert copy.copy(message) == message
+    assert copy.deepcopy(message) == message
+    assert pickle.loads(pickle.dumps(message, protocol=4)) == message
+    view = loads_outcome(dumps(message))
+    assert loads_outcome(dumps(view)) == message
+    small = CallRequest(memoryview(b"function"), b"args", ())
+    assert loads_request(dumps(small)) == small
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80", bytes(8), pickle.dumps(outcome(b"x"))])
+def test_not_a_message_is_a_value_error(data: bytes) -> None:
+    """Garbage, or a payload of an earlier version (a bare pickle)."""
+    with pytest.raises(ValueError, match="not a pickled message"):
+        loads_outcome(data)

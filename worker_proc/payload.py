@@ -27,7 +27,7 @@ import json
 import pickle
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, SupportsIndex
 
 # Pickled user objects this large travel out of band; smaller ones are not
 # worth the bookkeeping.
@@ -56,9 +56,9 @@ class CallRequest:
     retry_on: tuple[str, ...] = ()  # "module.QualName" of exceptions worth another attempt
     source_file: str = ""  # the function's file on the caller's side, for tracebacks
 
-    def __reduce__(self) -> tuple[type[CallRequest], tuple[Any, ...]]:
-        fields = (self.depmodules, self.retry_on, self.source_file)
-        return CallRequest, (_out_of_band(self.function), _out_of_band(self.arguments), *fields)
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[CallRequest], tuple[Any, ...]]:
+        big = _pickleable(protocol, self.function, self.arguments)
+        return CallRequest, (*big, self.depmodules, self.retry_on, self.source_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +71,9 @@ class BatchRequest:
     retry_on: tuple[str, ...] = ()
     source_file: str = ""
 
-    def __reduce__(self) -> tuple[type[BatchRequest], tuple[Any, ...]]:
-        fields = (self.depmodules, self.retry_on, self.source_file)
-        return BatchRequest, (_out_of_band(self.function), _out_of_band(self.items), *fields)
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[BatchRequest], tuple[Any, ...]]:
+        big = _pickleable(protocol, self.function, self.items)
+        return BatchRequest, (*big, self.depmodules, self.retry_on, self.source_file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,10 @@ class CallOutcome:
     started_at: float  # time.time() when the function was called
     run_seconds: float  # how long the function ran
 
-    def __reduce__(self) -> tuple[type[CallOutcome], tuple[Any, ...]]:
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[CallOutcome], tuple[Any, ...]]:
+        (value,) = _pickleable(protocol, self.value)
         fields = (self.error, self.stdout, self.stderr, self.started_at, self.run_seconds)
-        return CallOutcome, (self.status, _out_of_band(self.value), *fields)
+        return CallOutcome, (self.status, value, *fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +128,12 @@ def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> b
 def _loads(data: bytes) -> object:
     """Undo :func:`dumps`; its big fields come back as views of ``data``."""
     view = memoryview(data)
+    if len(view) < _LENGTH.size:
+        raise ValueError("not a pickled message: too short")
     (count,) = _LENGTH.unpack(view[-_LENGTH.size :])
     trailer_size = _LENGTH.size * (count + 1)
-    if not 0 < trailer_size <= len(data):
-        raise ValueError("not a pickled message: no valid trailer")
+    if count < 1 or trailer_size > len(data):
+        raise ValueError("not a pickled message of this version: no valid trailer")
     lengths = struct.unpack(f">{count}Q", view[len(data) - trailer_size : -_LENGTH.size])
     if sum(lengths) + trailer_size != len(data):
         raise ValueError("not a pickled message: its lengths do not add up")
@@ -141,8 +144,15 @@ def _loads(data: bytes) -> object:
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def _out_of_band(data: Pickled) -> Pickled | pickle.PickleBuffer:
-    return pickle.PickleBuffer(data) if len(data) >= OUT_OF_BAND_BYTES else data
+def _pickleable(protocol: SupportsIndex, *fields: Pickled) -> list[bytes | pickle.PickleBuffer]:
+    """Big fields as out-of-band buffers where the protocol has them (5 on),
+    the rest as bytes (a memoryview does not pickle)."""
+    return [
+        pickle.PickleBuffer(data)
+        if len(data) >= OUT_OF_BAND_BYTES and int(protocol) >= 5
+        else bytes(data)
+        for data in fields
+    ]
 
 
 def is_json(data: bytes) -> bool:
