@@ -123,12 +123,23 @@ class WorkerProcess:
         self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
         stdin = self._proc.stdin
         for part in encode_parts(JobRequest(job_id, payload)):
-            if stdin.is_closing():  # it died mid-line; `reply` says so
+            if stdin.is_closing() or self._exited.done():  # it died mid-line; `reply` says so
                 break
             stdin.write(part)
-            with contextlib.suppress(ConnectionError):
-                await stdin.drain()  # one piece of a large payload in flight at a time
+            if stdin.transport.get_write_buffer_size():  # the worker is behind: wait for it
+                await self._drain(stdin)
         return reply
+
+    async def _drain(self, stdin: asyncio.StreamWriter) -> None:
+        """Wait until ``stdin`` takes more, or the worker exits: a child it
+        forked may hold the pipe open, and its drain would never end."""
+        drained = asyncio.ensure_future(stdin.drain())
+        await _first_done((drained, self._exited), None)
+        if drained.done():
+            with contextlib.suppress(ConnectionError):
+                drained.result()
+        else:
+            drained.cancel()
 
     async def outcome(
         self,

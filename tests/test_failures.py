@@ -292,3 +292,41 @@ def test_exception_whose_str_fails_leaves_the_worker_alive(server: ServerProcess
     with pytest.raises(Unprintable):
         compute_this(server.address)(raise_unprintable)().compute()
     assert total_restarts(server) == restarts
+
+
+def fork_a_pipe_holder(seconds: float) -> int:
+    """Leave behind a child in its own session (no group kill reaches it) that
+    holds the worker's pipes open."""
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        time.sleep(seconds)
+        os._exit(0)
+    return pid
+
+
+@pytest.mark.slow
+def test_worker_dying_while_a_large_job_is_sent_fails_only_that_call(
+    start_server: StartServer,
+) -> None:
+    """The worker is killed while the server writes it a 256 MiB job, and a
+    child it forked earlier keeps its stdin open, so the write would never
+    finish: the server notices the exit, fails the call, replaces the worker."""
+    server = start_server("--workers", "1")
+    holder = compute_this(server.address)(fork_a_pipe_holder)(120).compute()
+    try:
+        victim = server.pids()[0]
+        client = server.client()
+
+        def kill_once_busy() -> None:
+            wait_until(lambda: client.workers()[0].state == "busy", 60, "the big job sent")
+            os.kill(victim, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_once_busy)
+        killer.start()
+        with pytest.raises(WorkerCrashedError, match="SIGKILL"):
+            compute_this(server.address, timeout=60)(echo)(os.urandom(256 << 20)).compute()
+        killer.join()
+        assert compute_this(server.address, timeout=60)(echo)(1).compute() == 1
+    finally:
+        os.kill(holder, signal.SIGKILL)
