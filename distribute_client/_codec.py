@@ -70,8 +70,8 @@ def encode_call(
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    source_file = _source_file(function)
-    request = CallRequest(function_bytes, argument_bytes, depmodules, retry_on, source_file)
+    source_files = _source_files(function)
+    request = CallRequest(function_bytes, argument_bytes, depmodules, retry_on, source_files)
     return _checked(dumps(request), name)
 
 
@@ -98,7 +98,7 @@ def encode_batch(
                         f"{culprit} of {name}, item {index} of the batch, could not be pickled: {e}"
                     ) from e
             raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
-    request = BatchRequest(function_bytes, items, depmodules, retry_on, _source_file(function))
+    request = BatchRequest(function_bytes, items, depmodules, retry_on, _source_files(function))
     return _checked(dumps(request), name)
 
 
@@ -106,9 +106,34 @@ def _name(function: Callable[..., Any]) -> str:
     return getattr(function, "__qualname__", repr(function))
 
 
-def _source_file(function: Callable[..., Any]) -> str:
-    code = getattr(function, "__code__", None)
-    return code.co_filename if isinstance(code, types.CodeType) else ""
+def _source_files(function: Callable[..., Any]) -> tuple[tuple[str, str], ...]:
+    """The file of ``function`` and of each function of its module it reaches
+    through its globals, by qualified name: the worker gives code that was
+    pickled by value its file back, so tracebacks show the caller's lines
+    (and a notebook cell's helper its own cell)."""
+    module = getattr(function, "__module__", None)
+    files: dict[str, str] = {}
+    stack: list[object] = [function]
+    while stack:
+        item = stack.pop()
+        if (
+            not isinstance(item, types.FunctionType)
+            or item.__module__ != module
+            or item.__qualname__ in files
+        ):
+            continue
+        files[item.__qualname__] = item.__code__.co_filename
+        names = _global_names(item.__code__)
+        stack += [item.__globals__[name] for name in names if name in item.__globals__]
+    return tuple(files.items())
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
 
 
 def _pickle_function(function: Callable[..., Any]) -> bytes:

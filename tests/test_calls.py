@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -114,6 +115,22 @@ def test_remote_traceback_shows_source_of_helpers_and_closures(
     assert source in text
     assert "inner() if use_closure else _helper_that_raises()" in text
     assert "<dynamic-code>" not in text
+
+
+def test_each_notebook_cell_keeps_its_own_file(server: ServerProcess, tmp_path: Path) -> None:
+    """As in a notebook, where every cell is a file of one module: a helper
+    from one cell, called by a function from another, shows its own line."""
+    cell1, cell2 = tmp_path / "cell1.py", tmp_path / "cell2.py"
+    cell1.write_text("def helper():\n    raise ValueError('raised in cell 1')\n")
+    cell2.write_text("def job():\n    helper()\n")
+    namespace: dict[str, Any] = {"__name__": "notebook"}  # not importable: pickled by value
+    for cell in (cell1, cell2):
+        exec(compile(cell.read_text(), str(cell), "exec"), namespace)
+    with pytest.raises(ValueError) as info:
+        compute_this(server.address)(namespace["job"])().compute()
+    text = "".join(traceback.format_exception(info.value))
+    assert f'File "{cell2}", line 2, in job\n    helper()' in text
+    assert f'File "{cell1}", line 2, in helper\n    raise ValueError' in text
 
 
 def test_exception_chain_survives(server: ServerProcess) -> None:

@@ -34,17 +34,14 @@ def test_outcome_round_trip(value: bytes) -> None:
 
 def test_big_fields_travel_out_of_band_and_come_back_as_views() -> None:
     """The payload holds each big field once, and reading it copies nothing."""
-    request = CallRequest(b"function", BIG, ("numpy",), ("builtins.OSError",), "/src/job.py")
+    files = (("job", "/src/job.py"),)
+    request = CallRequest(b"function", BIG, ("numpy",), ("builtins.OSError",), files)
     data = dumps(request)
     assert len(data) < len(BIG) + 512
     back = loads_request(data)
     assert isinstance(back, CallRequest)
     assert isinstance(back.arguments, memoryview) and back.arguments == BIG
-    assert (back.function, back.depmodules, back.source_file) == (
-        b"function",
-        ("numpy",),
-        "/src/job.py",
-    )
+    assert (back.function, back.depmodules, back.source_files) == (b"function", ("numpy",), files)
 
 
 def test_batch_outcomes_keep_order() -> None:

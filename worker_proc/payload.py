@@ -54,11 +54,13 @@ class CallRequest:
     arguments: Pickled  # cloudpickled (args, kwargs)
     depmodules: tuple[str, ...]  # imported by the worker before unpickling
     retry_on: tuple[str, ...] = ()  # "module.QualName" of exceptions worth another attempt
-    source_file: str = ""  # the function's file on the caller's side, for tracebacks
+    # (qualified name, file) of the function and of the functions of its module
+    # it reaches, on the caller's side: for tracebacks (see runner.py)
+    source_files: tuple[tuple[str, str], ...] = ()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[CallRequest], tuple[Any, ...]]:
         big = _pickleable(protocol, self.function, self.arguments)
-        return CallRequest, (*big, self.depmodules, self.retry_on, self.source_file)
+        return CallRequest, (*big, self.depmodules, self.retry_on, self.source_files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +71,11 @@ class BatchRequest:
     items: Pickled  # cloudpickled list of (args, kwargs)
     depmodules: tuple[str, ...]
     retry_on: tuple[str, ...] = ()
-    source_file: str = ""
+    source_files: tuple[tuple[str, str], ...] = ()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[BatchRequest], tuple[Any, ...]]:
         big = _pickleable(protocol, self.function, self.items)
-        return BatchRequest, (*big, self.depmodules, self.retry_on, self.source_file)
+        return BatchRequest, (*big, self.depmodules, self.retry_on, self.source_files)
 
 
 @dataclass(frozen=True, slots=True)

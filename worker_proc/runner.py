@@ -144,20 +144,21 @@ def _prepare(
     for name in request.depmodules:
         _import(name, f"depmodule {name!r}")
     function = cloudpickle.loads(request.function)
-    if request.source_file:
-        _restore_source_file(function, request.source_file)
+    if request.source_files:
+        _restore_source_files(function, dict(request.source_files))
     if isinstance(request, BatchRequest):
         return function, list(cloudpickle.loads(request.items))
     return function, [cloudpickle.loads(request.arguments)]
 
 
-def _restore_source_file(function: Callable[..., Any], filename: str) -> None:
+def _restore_source_files(function: Callable[..., Any], files: dict[str, str]) -> None:
     """Give code that came pickled by value its file back.
 
     cloudpickle (3.1.3 on) names such code ``<dynamic-code>``, which would
     leave the caller's tracebacks without source lines. The function and the
-    by-value functions of its module it reaches through its globals (helpers,
-    itself when recursive) take the caller's file; line numbers are kept.
+    functions of its module it reaches through its globals (helpers, itself
+    when recursive) take the file the client named for each; line numbers
+    are kept.
     """
     module = getattr(function, "__module__", None)
     stack: list[object] = [function]
@@ -172,7 +173,9 @@ def _restore_source_file(function: Callable[..., Any], filename: str) -> None:
         ):
             continue
         seen.add(id(item))
-        item.__code__ = _with_file(item.__code__, filename)
+        filename = files.get(item.__qualname__)
+        if filename is not None:
+            item.__code__ = _with_file(item.__code__, filename)
         stack.extend(item.__globals__.values())
 
 
