@@ -141,6 +141,8 @@ def test_reader_enforces_the_line_limit() -> None:
     reader.feed(b"JOB r1 " + b"AAAA" * 200)
     with pytest.raises(ProtocolError, match="over 1000 bytes"):
         reader.feed(b"AAAA" * 100)
+    with pytest.raises(ProtocolError, match="over 1000 bytes"):  # in the line's first chunk
+        LineReader(max_line_bytes=1000).feed(b"JOB r1 " + b"AAAA" * 300)
 
 
 def random_stream(rng: random.Random) -> bytes:

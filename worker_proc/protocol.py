@@ -209,23 +209,27 @@ class LineReader:
             raise ProtocolError(f"malformed {kind!r} line: {head[:80]!r}") from e
         self._head = bytearray()
         self._body = _Body(kind, fields, head[:80])
-        self._body.add(data)
+        self._add(self._body, data)
 
     def _feed_body(self, body: _Body, data: bytes, start: int, messages: list[Message]) -> int:
         newline = data.find(b"\n", start)
         stop = len(data) if newline == -1 else newline
-        body.add(memoryview(data)[start:stop])
-        if body.size > self._max_line_bytes:
-            raise ProtocolError(f"line over {self._max_line_bytes} bytes: {body.quote!r}")
+        self._add(body, memoryview(data)[start:stop])
         if newline == -1:
             return stop
         self._body = None
         messages.append(_message(body.kind, body.fields, body.finish()))
         return newline + 1
 
+    def _add(self, body: _Body, chars: memoryview) -> None:
+        body.add(chars)
+        if body.size > self._max_line_bytes:
+            raise ProtocolError(f"line over {self._max_line_bytes} bytes: {body.quote!r}")
+
 
 class _Body:
-    """A line's base64 part, decoded a 4-character group at a time."""
+    """A line's base64 part, decoded as it arrives (whole 4-character groups;
+    the rest waits for the next piece)."""
 
     def __init__(self, kind: bytes, fields: list[str], quote: bytes) -> None:
         self.kind = kind
