@@ -29,7 +29,7 @@ from typing import Any
 from bench._server import echo_median_s, pool_server
 from distribute_client import _codec, compute_this
 from pool_proto import pool_pb2
-from worker_proc.protocol import JobOutcome, JobRequest, LineReader, ResultStatus, encode_parts
+from pool_wire.protocol import JobOutcome, JobRequest, LineReader, ResultStatus, encode_parts
 from worker_proc.runner import run_payload
 
 PIPE_CHILD = (

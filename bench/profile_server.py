@@ -31,7 +31,7 @@ import uvloop
 from bench._server import echo_median_s, pool_server
 from distribute_client import compute_this
 
-OUR_MODULES = ("pool_server/", "worker_proc/")
+OUR_MODULES = ("pool_server/", "pool_wire/", "worker_proc/")
 
 
 WARM_UP_CALLS = 100

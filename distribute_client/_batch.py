@@ -31,7 +31,7 @@ from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
-from worker_proc.payload import CallOutcome
+from pool_wire.payload import CallOutcome
 
 if TYPE_CHECKING:
     from distribute_client._remote import RemoteFunction

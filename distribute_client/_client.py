@@ -9,6 +9,7 @@ from distribute_client import _transport
 from distribute_client._jobs import LOOKUP_TIMEOUT_S, BatchStatus, Job, JobStatus, batch_status
 from distribute_client._sync import run_sync
 from pool_proto import pool_pb2
+from pool_wire.names import JobState, WorkerState
 
 
 @dataclass(frozen=True)
@@ -17,7 +18,7 @@ class WorkerInfo:
 
     id: int
     pid: int  # 0 while the slot has no process
-    state: str  # "starting", "idle", "busy", "stopping" or "dead"
+    state: WorkerState  # a str: "starting", "idle", "busy", "stopping" or "dead"
     jobs_done: int
     restarts: int
 
@@ -46,7 +47,8 @@ class Client:
         reply = await self._call("GetWorkers", pool_pb2.GetWorkersRequest())
         return PoolStatus(
             workers=tuple(
-                WorkerInfo(w.id, w.pid, w.state, w.jobs_done, w.restarts) for w in reply.workers
+                WorkerInfo(w.id, w.pid, WorkerState.from_proto(w.state), w.jobs_done, w.restarts)
+                for w in reply.workers
             ),
             queue_length=reply.queue_length,
             queue_capacity=reply.queue_capacity,
@@ -67,7 +69,11 @@ class Client:
     async def async_jobs(
         self, state: str | None = None, batch_id: str | None = None, limit: int = 100
     ) -> list[JobStatus]:
-        request = pool_pb2.ListJobsRequest(state=state or "", batch_id=batch_id or "", limit=limit)
+        request = pool_pb2.ListJobsRequest(
+            state=_job_state(state).to_proto() if state else "JOB_STATE_UNSPECIFIED",
+            batch_id=batch_id or "",
+            limit=limit,
+        )
         reply = await self._call("ListJobs", request)
         return [JobStatus.from_proto(status) for status in reply.jobs]
 
@@ -83,3 +89,11 @@ class Client:
     def batch(self, batch_id: str) -> BatchStatus:
         """A batch's jobs per state and its completion percentage (done / total)."""
         return run_sync(self.async_batch(batch_id))
+
+
+def _job_state(name: str) -> JobState:
+    try:
+        return JobState(name)
+    except ValueError:
+        known = ", ".join(JobState)
+        raise ValueError(f"unknown job state {name!r}; one of {known}") from None

@@ -21,7 +21,8 @@ from typing import Any
 import cloudpickle
 
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
-from worker_proc.payload import (
+from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.payload import (
     BatchOutcome,
     BatchRequest,
     CallOutcome,
@@ -31,7 +32,6 @@ from worker_proc.payload import (
     is_json,
     loads_outcome,
 )
-from worker_proc.protocol import MAX_PAYLOAD_BYTES
 
 # cloudpickle's by-value registry is process-global: one call at a time may
 # register a module for the duration of its pickling.

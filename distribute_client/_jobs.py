@@ -11,10 +11,9 @@ from distribute_client import _codec, _transport
 from distribute_client._sync import run_sync
 from distribute_client.errors import CallTimeoutError
 from pool_proto import pool_pb2
+from pool_wire.names import JobState
 
 R = TypeVar("R")
-
-FINISHED_STATES = frozenset({"DONE", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 # Job lookups are cheap; a server that takes longer than this is unwell.
 LOOKUP_TIMEOUT_S = 10.0
@@ -25,7 +24,7 @@ class JobStatus:
     """Where a job stands. Times are Unix seconds, 0.0 until they happen."""
 
     id: str
-    state: str  # QUEUED, RUNNING, DONE, FAILED, CANCELLED, TIMED_OUT or INTERRUPTED
+    state: JobState  # a str: "QUEUED", "RUNNING", "DONE", "FAILED", ...
     progress: float | None  # the last progress(fraction) the function reported
     message: str  # the last progress message
     attempts: int
@@ -40,13 +39,13 @@ class JobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.state in FINISHED_STATES
+        return self.state.finished
 
     @classmethod
     def from_proto(cls, status: pool_pb2.JobStatus) -> JobStatus:
         return cls(
             id=status.id,
-            state=status.state,
+            state=JobState.from_proto(status.state),
             progress=status.progress if status.HasField("progress") else None,
             message=status.message,
             attempts=status.attempts,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker_proc import reporting
+from pool_wire import progress as progress_hook
 
 
 def progress(fraction: float | None = None, message: str = "") -> None:
@@ -14,4 +14,4 @@ def progress(fraction: float | None = None, message: str = "") -> None:
 
     >>> progress(0.5, "halfway")   # outside a worker: does nothing
     """
-    reporting.report(fraction, message)
+    progress_hook.report(fraction, message)

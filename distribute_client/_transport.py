@@ -22,7 +22,7 @@ from distribute_client.errors import (
     WorkerCrashedError,
 )
 from pool_proto import pool_pb2, pool_pb2_grpc
-from worker_proc.protocol import MAX_PAYLOAD_BYTES
+from pool_wire.limits import GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -30,11 +30,7 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 SUBMIT_TIMEOUT_S = 60.0
 SERVER_ENV = "POOL_SERVER"
 
-_MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
-_CHANNEL_OPTIONS = (
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-)
+_CHANNEL_OPTIONS = GRPC_MESSAGE_OPTIONS
 
 # Metadata keys set by pool_server/errors.py.
 _KIND_KEY = "pool-error"

@@ -39,6 +39,7 @@ from distribute_client.errors import (
     WorkerCrashedError,
 )
 from pool_proto import pool_pb2
+from pool_wire.names import JobState
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -115,7 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "result":
             sub.add_argument("--timeout", type=float, help="give up after this many seconds")
     jobs = command("jobs", _jobs, "list jobs, newest first")
-    jobs.add_argument("--state", help="only jobs in this state (e.g. RUNNING)")
+    jobs.add_argument(
+        "--state", choices=[state.value for state in JobState], help="only jobs in this state"
+    )
     jobs.add_argument("--batch", help="only jobs of this batch")
     jobs.add_argument("--limit", type=int, default=50)
     batch = command("batch", _batch, "show a batch's completion")

@@ -1,10 +1,72 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_DONE: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_TIMED_OUT: _ClassVar[JobState]
+    JOB_STATE_INTERRUPTED: _ClassVar[JobState]
+
+class WorkerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKER_STATE_UNSPECIFIED: _ClassVar[WorkerState]
+    WORKER_STATE_STARTING: _ClassVar[WorkerState]
+    WORKER_STATE_IDLE: _ClassVar[WorkerState]
+    WORKER_STATE_BUSY: _ClassVar[WorkerState]
+    WORKER_STATE_STOPPING: _ClassVar[WorkerState]
+    WORKER_STATE_DEAD: _ClassVar[WorkerState]
+
+class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_KIND_UNSPECIFIED: _ClassVar[ErrorKind]
+    ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
+    ERROR_KIND_WORKER_CRASHED: _ClassVar[ErrorKind]
+    ERROR_KIND_DEADLINE: _ClassVar[ErrorKind]
+    ERROR_KIND_INVALID: _ClassVar[ErrorKind]
+    ERROR_KIND_SHUTTING_DOWN: _ClassVar[ErrorKind]
+    ERROR_KIND_JOB_TIMED_OUT: _ClassVar[ErrorKind]
+    ERROR_KIND_INTERRUPTED: _ClassVar[ErrorKind]
+    ERROR_KIND_CANCELLED: _ClassVar[ErrorKind]
+    ERROR_KIND_NOT_FOUND: _ClassVar[ErrorKind]
+    ERROR_KIND_JOURNAL_UNAVAILABLE: _ClassVar[ErrorKind]
+    ERROR_KIND_QUEUE_FULL: _ClassVar[ErrorKind]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_DONE: JobState
+JOB_STATE_FAILED: JobState
+JOB_STATE_CANCELLED: JobState
+JOB_STATE_TIMED_OUT: JobState
+JOB_STATE_INTERRUPTED: JobState
+WORKER_STATE_UNSPECIFIED: WorkerState
+WORKER_STATE_STARTING: WorkerState
+WORKER_STATE_IDLE: WorkerState
+WORKER_STATE_BUSY: WorkerState
+WORKER_STATE_STOPPING: WorkerState
+WORKER_STATE_DEAD: WorkerState
+ERROR_KIND_UNSPECIFIED: ErrorKind
+ERROR_KIND_INTERNAL: ErrorKind
+ERROR_KIND_WORKER_CRASHED: ErrorKind
+ERROR_KIND_DEADLINE: ErrorKind
+ERROR_KIND_INVALID: ErrorKind
+ERROR_KIND_SHUTTING_DOWN: ErrorKind
+ERROR_KIND_JOB_TIMED_OUT: ErrorKind
+ERROR_KIND_INTERRUPTED: ErrorKind
+ERROR_KIND_CANCELLED: ErrorKind
+ERROR_KIND_NOT_FOUND: ErrorKind
+ERROR_KIND_JOURNAL_UNAVAILABLE: ErrorKind
+ERROR_KIND_QUEUE_FULL: ErrorKind
 
 class RunRequest(_message.Message):
     __slots__ = ("payload", "retries")
@@ -39,10 +101,10 @@ class WorkerInfo(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     id: int
     pid: int
-    state: str
+    state: WorkerState
     jobs_done: int
     restarts: int
-    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., jobs_done: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., jobs_done: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class GetWorkersReply(_message.Message):
     __slots__ = ("workers", "queue_length", "queue_capacity")
@@ -98,7 +160,7 @@ class JobStatus(_message.Message):
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
-    state: str
+    state: JobState
     progress: float
     message: str
     attempts: int
@@ -110,7 +172,7 @@ class JobStatus(_message.Message):
     error: str
     batch_id: str
     name: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("status", "outcome")
@@ -125,10 +187,10 @@ class ListJobsRequest(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
-    state: str
+    state: JobState
     batch_id: str
     limit: int
-    def __init__(self, state: _Optional[str] = ..., batch_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[JobState, str]] = ..., batch_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListJobsReply(_message.Message):
     __slots__ = ("jobs",)

@@ -22,7 +22,7 @@ from pool_server.journal import Journal, JournalError
 from pool_server.service import PoolService
 from pool_server.supervisor import WorkerPool, open_pool
 from pool_server.tracker import JobTracker
-from worker_proc.protocol import MAX_PAYLOAD_BYTES
+from pool_wire.limits import GRPC_MESSAGE_OPTIONS
 
 log = logging.getLogger("pool_server")
 
@@ -39,9 +39,6 @@ STARTUP_TIMEOUT_S = 60.0
 # gRPC itself cancels whatever is left.
 SHUTDOWN_SLACK_S = 2.0
 
-# Room for the payload plus the protobuf envelope.
-MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
-
 # gRPC core cancels calls that arrive faster than the asyncio server accepts
 # them once more than 1,000 are pending (3,000 hard), which a burst of a few
 # thousand concurrent calls on one channel reaches. The job queue is this
@@ -49,8 +46,7 @@ MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
 MAX_PENDING_RPCS = 1_000_000
 
 GRPC_OPTIONS = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    *GRPC_MESSAGE_OPTIONS,
     ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
     ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),

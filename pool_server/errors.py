@@ -9,27 +9,24 @@ from __future__ import annotations
 
 import grpc
 
-# Trailing-metadata keys shared with distribute_client/_transport.py.
-KIND_KEY = "pool-error"
-WORKER_ID_KEY = "pool-worker-id"
-EXIT_CODE_KEY = "pool-exit-code"
+from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind
 
 
 class CallError(Exception):
     """Base: a call could not be answered with an outcome."""
 
     code = grpc.StatusCode.INTERNAL
-    kind = "internal"
+    kind = ErrorKind.INTERNAL
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((KIND_KEY, self.kind),)
+        return ((KIND_KEY, self.kind.value),)
 
 
 class WorkerCrashed(CallError):
     """The worker running the call died before answering."""
 
     code = grpc.StatusCode.ABORTED
-    kind = "worker-crashed"
+    kind = ErrorKind.WORKER_CRASHED
 
     def __init__(self, message: str, worker_id: int, exit_code: int | None) -> None:
         super().__init__(message)
@@ -47,77 +44,68 @@ class DeadlineExceeded(CallError):
     """The call's deadline passed while it waited or ran."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    kind = "deadline"
+    kind = ErrorKind.DEADLINE
 
 
 class InvalidCall(CallError):
     """The request itself is unusable (empty or oversized payload)."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-    kind = "invalid"
+    kind = ErrorKind.INVALID
 
 
 class ShuttingDown(CallError):
     """The server stopped taking calls."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    kind = "shutting-down"
+    kind = ErrorKind.SHUTTING_DOWN
 
 
 class JobTimedOut(CallError):
     """A job ran past its time limit; its worker was replaced."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    kind = "job-timed-out"
+    kind = ErrorKind.JOB_TIMED_OUT
 
 
 class JobInterrupted(CallError):
     """The server stopped while the job ran its last attempt."""
 
     code = grpc.StatusCode.ABORTED
-    kind = "interrupted"
+    kind = ErrorKind.INTERRUPTED
 
 
 class JobCancelled(CallError):
     """The job was cancelled (by CancelJob, or its caller went away)."""
 
     code = grpc.StatusCode.CANCELLED
-    kind = "cancelled"
+    kind = ErrorKind.CANCELLED
 
 
 class JobNotFound(CallError):
     """No job with that id (never submitted, or its result expired)."""
 
     code = grpc.StatusCode.NOT_FOUND
-    kind = "not-found"
+    kind = ErrorKind.NOT_FOUND
 
 
 class JournalUnavailable(CallError):
     """The job journal cannot be written (a full disk, say)."""
 
     code = grpc.StatusCode.UNAVAILABLE
-    kind = "journal-unavailable"
+    kind = ErrorKind.JOURNAL_UNAVAILABLE
 
 
 class QueueFull(CallError):
     """Submit would put more jobs in the queue than --queue-size allows."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    kind = "queue-full"
+    kind = ErrorKind.QUEUE_FULL
 
 
-_KINDS: dict[str, type[CallError]] = {
-    cls.kind: cls
-    for cls in (
-        CallError,
-        DeadlineExceeded,
-        InvalidCall,
-        ShuttingDown,
-        JobTimedOut,
-        JobInterrupted,
-        JobCancelled,
-    )
-}
+# Every kind has exactly one class (tests/test_names.py checks it).
+_CLASSES: list[type[CallError]] = [CallError, *CallError.__subclasses__()]
+ERRORS_BY_KIND: dict[ErrorKind, type[CallError]] = {cls.kind: cls for cls in _CLASSES}
 
 
 def error_from_record(
@@ -126,4 +114,8 @@ def error_from_record(
     """Rebuild a job's error from its journal columns."""
     if kind == WorkerCrashed.kind:
         return WorkerCrashed(message, worker_id or 0, exit_code)
-    return _KINDS.get(kind, CallError)(message)
+    try:
+        cls = ERRORS_BY_KIND[ErrorKind(kind)]
+    except ValueError:  # a kind this version does not know
+        cls = CallError
+    return cls(message)

@@ -17,7 +17,6 @@ submitted it. Both go through this one machine.
 from __future__ import annotations
 
 import asyncio
-import enum
 import itertools
 import secrets
 import time
@@ -25,23 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pool_server.errors import CallError
-
-
-class JobState(enum.Enum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMED_OUT = "TIMED_OUT"
-    INTERRUPTED = "INTERRUPTED"
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-
-FINISHED = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT})
+from pool_wire.names import JobState
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),

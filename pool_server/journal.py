@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pool_server.errors import WorkerCrashed, error_from_record
-from pool_server.jobs import Job, JobState
+from pool_server.jobs import Job
+from pool_wire.names import FINISHED_STATES, JobState
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_S = 0.5
@@ -143,14 +144,15 @@ class Journal:
 
     def unfinished(self) -> list[Job]:
         """Jobs that were QUEUED, RUNNING or INTERRUPTED when the server last stopped."""
-        finished = tuple(state.value for state in JobState if state.finished)
+        finished = tuple(state.value for state in FINISHED_STATES)
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN (?, ?, ?, ?) ORDER BY created_at",
+            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN ({', '.join('?' * len(finished))}) "
+            "ORDER BY created_at",
             finished,
         )
         return [_job(row) for row in rows]
 
-    def list(self, state: str, batch_id: str, limit: int) -> list[Job]:
+    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
         """Newest first, without payloads or outcomes."""
         where, params = _filters(state, batch_id)
         columns = _COLUMNS.replace("payload, outcome", "NULL AS payload, NULL AS outcome")
@@ -187,11 +189,11 @@ def _writing(path: Path) -> Iterator[None]:
         raise JournalError(f"writing {path} failed: {e}") from e
 
 
-def _filters(state: str, batch_id: str) -> tuple[str, tuple[str, ...]]:
+def _filters(state: JobState | None, batch_id: str) -> tuple[str, tuple[str, ...]]:
     clauses, params = [], []
     if state:
         clauses.append("state=?")
-        params.append(state)
+        params.append(state.value)
     if batch_id:
         clauses.append("batch_id=?")
         params.append(batch_id)

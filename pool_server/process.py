@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from worker_proc.protocol import (
+from pool_wire.protocol import (
     PROTOCOL_VERSION,
     JobOutcome,
     JobRequest,

@@ -14,7 +14,8 @@ from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
 from pool_server.jobs import Job
 from pool_server.supervisor import WorkerPool
 from pool_server.tracker import JobTracker
-from worker_proc.protocol import MAX_PAYLOAD_BYTES
+from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.names import FINISHED_STATES, JobState
 
 # The server gives up this much before the client's deadline, so that its
 # reply (which says whether the call was queued or running) reaches the
@@ -52,7 +53,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
                 pool_pb2.WorkerInfo(
                     id=w.id,
                     pid=w.pid,
-                    state=w.state.value,
+                    state=w.state.to_proto(),
                     jobs_done=w.jobs_done,
                     restarts=w.restarts,
                 )
@@ -114,7 +115,8 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.ListJobsReply:
         async with _status_on_error(context):
-            jobs = self._tracker.list(request.state, request.batch_id, request.limit)
+            state = JobState.from_proto(request.state) if request.state else None
+            jobs = self._tracker.list(state, request.batch_id, request.limit)
             return pool_pb2.ListJobsReply(jobs=[_status(job) for job in jobs])
 
     async def GetBatch(
@@ -122,7 +124,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     ) -> pool_pb2.BatchStatus:
         async with _status_on_error(context):
             counts = self._tracker.batch(request.batch_id)
-            finished = sum(counts.states.get(s, 0) for s in _FINISHED_NAMES)
+            finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
             return pool_pb2.BatchStatus(
                 batch_id=request.batch_id,
                 total=counts.total,
@@ -164,9 +166,6 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         )
 
 
-_FINISHED_NAMES = ("DONE", "FAILED", "CANCELLED", "TIMED_OUT")
-
-
 @contextlib.asynccontextmanager
 async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Answer a CallError with its gRPC status, message and metadata."""
@@ -193,7 +192,7 @@ def _check_sizes(payloads: Iterable[bytes]) -> None:
 def _status(job: Job) -> pool_pb2.JobStatus:
     return pool_pb2.JobStatus(
         id=job.id,
-        state=job.state.value,
+        state=job.state.to_proto(),
         progress=job.progress,
         message=job.message,
         attempts=job.attempts,

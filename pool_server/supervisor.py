@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import time
@@ -28,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool_server.errors import CallError, JobCancelled, JobTimedOut, ShuttingDown, WorkerCrashed
-from pool_server.jobs import Job, JobState
+from pool_server.jobs import Job
 from pool_server.process import WorkerDied, WorkerProcess, WorkerStartError
 from pool_server.queue import JobQueue
-from worker_proc.protocol import JobOutcome, Progress, ResultStatus
+from pool_wire.names import JobState, WorkerState
+from pool_wire.protocol import JobOutcome, Progress, ResultStatus
 
 log = logging.getLogger("pool_server.supervisor")
 
@@ -44,14 +44,6 @@ RESTART_BACKOFF_MAX_S = 10.0
 # A worker that dies idle within this long of starting counts as a failed
 # start for the backoff; one that lived longer resets it.
 HEALTHY_AFTER_S = 10.0
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    STOPPING = "stopping"
-    DEAD = "dead"
 
 
 _TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {

@@ -21,9 +21,10 @@ from pool_server.errors import (
     JournalUnavailable,
     QueueFull,
 )
-from pool_server.jobs import Job, JobState, new_job_id
+from pool_server.jobs import Job, new_job_id
 from pool_server.journal import BatchCounts, Journal, JournalError
 from pool_server.supervisor import WorkerPool
+from pool_wire.names import JobState
 
 log = logging.getLogger("pool_server.tracker")
 
@@ -128,11 +129,7 @@ class JobTracker:
         self._pool.cancel(job)
         return job
 
-    def list(self, state: str, batch_id: str, limit: int) -> list[Job]:
-        if limit < 0:
-            raise InvalidCall(f"limit must be 0 (the default, {DEFAULT_LIST_LIMIT}) or more")
-        if state and state not in JobState.__members__:
-            raise InvalidCall(f"unknown state {state!r}; one of {', '.join(JobState.__members__)}")
+    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
         jobs = self._journal.list(state, batch_id, limit or DEFAULT_LIST_LIMIT)
         return [self._live.get(job.id, job) for job in jobs]  # live ones carry progress
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from distribute_client import SerializationError, compute_this
-from worker_proc.protocol import MAX_PAYLOAD_BYTES
+from pool_wire.limits import MAX_PAYLOAD_BYTES
 
 from .conftest import ServerProcess
 

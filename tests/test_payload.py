@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from worker_proc.payload import (
+from pool_wire.payload import (
     OUT_OF_BAND_BYTES,
     BatchOutcome,
     CallOutcome,

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from worker_proc.protocol import (
+from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.protocol import (
     CHUNK_BYTES,
     MAX_LINE_BYTES,
-    MAX_PAYLOAD_BYTES,
     JobOutcome,
     JobRequest,
     LineReader,

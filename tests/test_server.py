@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distribute_client import ProtocolError, ServerUnavailableError, compute_this
 from pool_proto import pool_pb2, pool_pb2_grpc
-from worker_proc.payload import CallOutcome, OutcomeStatus, loads_outcome
+from pool_wire.payload import CallOutcome, OutcomeStatus, loads_outcome
 
 from .conftest import SERVER_COMMAND, ServerProcess, StartServer, pid_alive, wait_until
 

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from tblib import pickling_support
 
-from worker_proc.protocol import (
+from pool_wire.protocol import (
     PROTOCOL_VERSION,
     JobOutcome,
     JobRequest,

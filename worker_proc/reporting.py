@@ -1,10 +1,11 @@
 """Progress reports from inside a running job, throttled to the server.
 
-``distribute_client.progress()`` calls :func:`report`; in a worker the
-current job's :class:`ProgressSender` forwards it as a PROGRESS line, and
-anywhere else it does nothing. A function may report in a tight loop: at
-most one line per ``MIN_INTERVAL_S`` is sent, and the latest report is
-always sent (a timer flushes it), so status is never stale by more than that.
+``distribute_client.progress()`` calls ``pool_wire.progress.report``; in a
+worker the current job's :class:`ProgressSender` is installed there and
+forwards it as a PROGRESS line, and anywhere else it does nothing. A
+function may report in a tight loop: at most one line per
+``MIN_INTERVAL_S`` is sent, and the latest report is always sent (a timer
+flushes it), so status is never stale by more than that.
 """
 
 from __future__ import annotations
@@ -14,22 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from worker_proc.protocol import Progress
+from pool_wire import progress as progress_hook
+from pool_wire.protocol import Progress
 
 # Fresh enough for a person watching, cheap enough for a loop that reports
 # every iteration.
 MIN_INTERVAL_S = 0.05
-
-_current: ProgressSender | None = None
-
-
-def report(fraction: float | None, message: str) -> None:
-    """Forward a progress report to the server, if this runs in a worker job."""
-    if fraction is not None and not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"progress fraction must be between 0 and 1, got {fraction!r}")
-    sender = _current
-    if sender is not None:
-        sender.send(Progress(sender.job_id, fraction, message))
 
 
 class ProgressSender:
@@ -41,6 +32,9 @@ class ProgressSender:
         self._pending: Progress | None = None
         self._timer: threading.Timer | None = None
         self._closed = False
+
+    def report(self, fraction: float | None, message: str) -> None:
+        self.send(Progress(self.job_id, fraction, message))
 
     def send(self, progress: Progress) -> None:
         with self._lock:
@@ -77,12 +71,11 @@ class ProgressSender:
 
 @contextlib.contextmanager
 def reporting(job_id: str, write: Callable[[Progress], None]) -> Iterator[None]:
-    """Route report() to ``write`` for the duration of one job."""
-    global _current
+    """Route progress reports to ``write`` for the duration of one job."""
     sender = ProgressSender(job_id, write)
-    _current = sender
+    progress_hook.set_reporter(sender.report)
     try:
         yield
     finally:
-        _current = None
+        progress_hook.set_reporter(None)
         sender.close()

@@ -23,7 +23,8 @@ from typing import Any
 import cloudpickle
 from tblib import pickling_support
 
-from worker_proc.payload import (
+from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.payload import (
     BatchOutcome,
     BatchRequest,
     CallOutcome,
@@ -36,7 +37,7 @@ from worker_proc.payload import (
     json_outcome,
     loads_request,
 )
-from worker_proc.protocol import MAX_PAYLOAD_BYTES, ResultStatus
+from pool_wire.protocol import ResultStatus
 
 _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pickled by value
 

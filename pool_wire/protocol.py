@@ -27,13 +27,9 @@ from dataclasses import dataclass
 
 import pybase64
 
-PROTOCOL_VERSION = 2
+from pool_wire.limits import MAX_PAYLOAD_BYTES
 
-# The largest call payload (and the largest outcome) one line may carry. The
-# limit exists so that a runaway client cannot make the server buffer without
-# bound; 1 GiB leaves room for 100 MB+ arrays while staying well inside gRPC's
-# 2 GiB message ceiling.
-MAX_PAYLOAD_BYTES = 1 << 30
+PROTOCOL_VERSION = 2
 
 # base64 grows data by 4/3; 128 bytes cover the kind token, ids and newline.
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
