@@ -48,7 +48,16 @@ CHUNK_BYTES = 3 * 256 * 1024
 
 
 class ProtocolError(Exception):
-    """A line that does not follow this protocol."""
+    """A line that does not follow this protocol.
+
+    From :meth:`LineReader.feed`, ``messages`` holds the messages completed
+    before the broken line by the same call, in order: they arrived whole,
+    and are the caller's to handle before it gives up on the stream.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.messages: list[Message] = []
 
 
 class ResultStatus(enum.Enum):
@@ -160,16 +169,38 @@ class LineReader:
     Short lines are parsed whole. A line that spans chunks has its base64
     decoded as it arrives, so a 128 MiB payload is never held as its
     171 MiB line, let alone as the copies a line reader makes of it.
+
+    A broken line ends the stream: :meth:`feed` raises :class:`ProtocolError`
+    carrying the messages completed before it (a RESULT followed by garbage
+    in one read still delivers the RESULT), and every later call raises too.
+    However the stream is cut into chunks, the same messages come before the
+    break (issue 8).
     """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self._max_line_bytes = max_line_bytes
         self._head = bytearray()  # the start of a line that spans chunks
         self._body: _Body | None = None  # its base64 part, once the head is complete
+        self._broken: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Message]:
-        """The messages completed by ``data``; raises :class:`ProtocolError`."""
+        """The messages completed by ``data``.
+
+        Raises :class:`ProtocolError` at the first broken line, with the
+        messages before it in ``messages``; once broken, always broken.
+        """
+        if self._broken is not None:
+            raise ProtocolError(f"the stream broke earlier: {self._broken}")
         messages: list[Message] = []
+        try:
+            self._parse(data, messages)
+        except ProtocolError as e:
+            e.messages = messages
+            self._broken = e
+            raise
+        return messages
+
+    def _parse(self, data: bytes, messages: list[Message]) -> None:
         start = 0
         while start < len(data):
             if self._body is not None:
@@ -177,7 +208,7 @@ class LineReader:
                 continue
             newline = data.find(b"\n", start)
             if newline != -1 and not self._head:  # a whole line in this chunk
-                messages.append(decode_line(data[start:newline]))
+                messages.append(self._decode(data[start:newline]))
                 start = newline + 1
                 continue
             stop = len(data) if newline == -1 else newline + 1
@@ -185,10 +216,15 @@ class LineReader:
             start = stop
             if newline != -1:
                 line, self._head = bytes(self._head), bytearray()
-                messages.append(decode_line(line))
+                messages.append(self._decode(line))
             else:
                 self._start_body()
-        return messages
+
+    def _decode(self, line: bytes) -> Message:
+        """A line read whole (the newline, if there, does not count)."""
+        if len(line) - line.endswith(b"\n") > self._max_line_bytes:
+            raise ProtocolError(f"line over {self._max_line_bytes} bytes: {line[:80]!r}")
+        return decode_line(line)
 
     def _start_body(self) -> None:
         """Once the head holds the kind and fields, decode the rest as it comes."""
@@ -204,7 +240,7 @@ class LineReader:
         except ValueError as e:
             raise ProtocolError(f"malformed {kind!r} line: {head[:80]!r}") from e
         self._head = bytearray()
-        self._body = _Body(kind, fields, head[:80])
+        self._body = _Body(kind, fields, head[:80], len(head) - len(data))
         self._add(self._body, data)
 
     def _feed_body(self, body: _Body, data: bytes, start: int, messages: list[Message]) -> int:
@@ -227,11 +263,11 @@ class _Body:
     """A line's base64 part, decoded as it arrives (whole 4-character groups;
     the rest waits for the next piece)."""
 
-    def __init__(self, kind: bytes, fields: list[str], quote: bytes) -> None:
+    def __init__(self, kind: bytes, fields: list[str], quote: bytes, head_size: int) -> None:
         self.kind = kind
         self.fields = fields
         self.quote = quote  # the line's start, for error messages
-        self.size = 0
+        self.size = head_size  # of the line so far, as a line read whole counts it
         self._carry = b""  # up to 3 characters of an incomplete group
         self._padded = False
         self._parts: list[bytes] = []

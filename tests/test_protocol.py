@@ -145,6 +145,44 @@ def test_reader_enforces_the_line_limit() -> None:
         LineReader(max_line_bytes=1000).feed(b"JOB r1 " + b"AAAA" * 300)
 
 
+@pytest.mark.parametrize("size", [1, 7, 1000, 2000])
+def test_line_limit_holds_however_the_line_arrives(size: int) -> None:
+    """The limit counts the whole line (head too, newline not), read whole or in pieces."""
+    fits = b"JOB r12 " + b"AAAA" * 247 + b"AA==\n"  # 1000 bytes before the newline
+    assert len(fits) == 1001
+    assert feed_in_chunks(LineReader(max_line_bytes=1000), fits, size) == [
+        JobRequest("r12", bytes(742))
+    ]
+    with pytest.raises(ProtocolError, match="over 1000 bytes"):
+        feed_in_chunks(LineReader(max_line_bytes=1000), fits.replace(b"r12", b"r123"), size)
+
+
+RESULT_LINE = encode(JobOutcome("r7", ResultStatus.OK, b"the value"))
+
+
+@pytest.mark.parametrize("garbage", [b"garbage\n", b"RESULT r7 ok *\n", b"x" * 5000])
+def test_messages_before_a_broken_line_are_delivered(garbage: bytes) -> None:
+    """A RESULT then a broken line in one chunk: the RESULT comes with the error."""
+    reader = LineReader()
+    with pytest.raises(ProtocolError) as info:
+        reader.feed(encode(Ready(1, 2)) + RESULT_LINE + garbage)
+    assert info.value.messages == [Ready(1, 2), JobOutcome("r7", ResultStatus.OK, b"the value")]
+
+
+@pytest.mark.parametrize("cut", [1, len(RESULT_LINE) - 1, len(RESULT_LINE), len(RESULT_LINE) + 3])
+def test_messages_before_a_break_are_delivered_across_chunks(cut: int) -> None:
+    """Split anywhere, the RESULT is delivered (returned, or with the error)
+    before the broken line is reported, and the reader stays broken."""
+    stream = RESULT_LINE + b"garbage\n"
+    reader = LineReader()
+    delivered = reader.feed(stream[:cut])
+    with pytest.raises(ProtocolError, match="unknown line kind") as info:
+        reader.feed(stream[cut:])
+    assert delivered + info.value.messages == [JobOutcome("r7", ResultStatus.OK, b"the value")]
+    with pytest.raises(ProtocolError, match="broke earlier"):
+        reader.feed(encode(Ready(1, 2)))
+
+
 def random_stream(rng: random.Random) -> bytes:
     """A few messages of every kind, then maybe a byte or two broken."""
     messages: list[Message] = []
@@ -164,18 +202,26 @@ def random_stream(rng: random.Random) -> bytes:
     return bytes(stream)
 
 
-def read_all(stream: bytes, size: int) -> list[Message] | str:
-    try:
-        return feed_in_chunks(LineReader(), stream, size)
-    except ProtocolError:
-        return "ProtocolError"
+def read_all(stream: bytes, size: int) -> tuple[list[Message], bool]:
+    """Every message the reader delivers, and whether the stream broke."""
+    reader, messages = LineReader(), []
+    for start in range(0, len(stream), size):
+        try:
+            messages += reader.feed(stream[start : start + size])
+        except ProtocolError as e:
+            return messages + e.messages, True
+    return messages, False
 
 
 def test_chunking_never_changes_what_the_reader_sees() -> None:
-    """Valid or broken, a stream reads the same whole or cut into any chunks."""
+    """Valid or broken, a stream reads the same whole or cut into any chunks:
+    the same messages, and for a broken one the same messages before the break."""
     rng = random.Random(20261124)
+    broken = 0
     for _ in range(500):
         stream = random_stream(rng)
         whole = read_all(stream, len(stream))
+        broken += whole[1]
         for size in (1, 2, 3, 7, 64, 1000):
             assert read_all(stream, size) == whole, (size, stream[:120])
+    assert 150 < broken < 300  # both kinds of stream are well represented
