@@ -32,6 +32,7 @@ from pool_wire.payload import (
     is_json,
     loads_outcome,
 )
+from pool_wire.source_files import same_module_functions
 
 # cloudpickle's by-value registry is process-global: one call at a time may
 # register a module for the duration of its pickling.
@@ -107,33 +108,14 @@ def _name(function: Callable[..., Any]) -> str:
 
 
 def _source_files(function: Callable[..., Any]) -> tuple[tuple[str, str], ...]:
-    """The file of ``function`` and of each function of its module it reaches
-    through its globals, by qualified name: the worker gives code that was
-    pickled by value its file back, so tracebacks show the caller's lines
-    (and a notebook cell's helper its own cell)."""
-    module = getattr(function, "__module__", None)
+    """The file of ``function`` and of each function of its module it reaches,
+    by qualified name: the worker gives code that was pickled by value its
+    file back, so tracebacks show the caller's lines (and a notebook cell's
+    helper its own cell)."""
     files: dict[str, str] = {}
-    stack: list[object] = [function]
-    while stack:
-        item = stack.pop()
-        if (
-            not isinstance(item, types.FunctionType)
-            or item.__module__ != module
-            or item.__qualname__ in files
-        ):
-            continue
-        files[item.__qualname__] = item.__code__.co_filename
-        names = _global_names(item.__code__)
-        stack += [item.__globals__[name] for name in names if name in item.__globals__]
+    for item in same_module_functions(function):
+        files.setdefault(item.__qualname__, item.__code__.co_filename)
     return tuple(files.items())
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
 
 
 def _pickle_function(function: Callable[..., Any]) -> bytes:

@@ -38,6 +38,7 @@ from pool_wire.payload import (
     loads_request,
 )
 from pool_wire.protocol import ResultStatus
+from pool_wire.source_files import same_module_functions
 
 _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pickled by value
 
@@ -157,27 +158,14 @@ def _restore_source_files(function: Callable[..., Any], files: dict[str, str]) -
 
     cloudpickle (3.1.3 on) names such code ``<dynamic-code>``, which would
     leave the caller's tracebacks without source lines. The function and the
-    functions of its module it reaches through its globals (helpers, itself
-    when recursive) take the file the client named for each; line numbers
-    are kept.
+    functions of its module it reaches (the walk the client made too, see
+    ``pool_wire.source_files``) take the file the client named for each;
+    line numbers are kept.
     """
-    module = getattr(function, "__module__", None)
-    stack: list[object] = [function]
-    seen: set[int] = set()
-    while stack:
-        item = stack.pop()
-        if (
-            not isinstance(item, types.FunctionType)
-            or id(item) in seen
-            or item.__module__ != module
-            or item.__code__.co_filename != _PICKLED_CODE_FILE
-        ):
-            continue
-        seen.add(id(item))
+    for item in same_module_functions(function):
         filename = files.get(item.__qualname__)
-        if filename is not None:
+        if filename is not None and item.__code__.co_filename == _PICKLED_CODE_FILE:
             item.__code__ = _with_file(item.__code__, filename)
-        stack.extend(item.__globals__.values())
 
 
 def _with_file(code: types.CodeType, filename: str) -> types.CodeType:
