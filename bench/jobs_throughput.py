@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench._server import pool_server
 from distribute_client import Client, RemoteFunction, compute_this
-from distribute_client._batch import submit
+from distribute_client._submit import submit
 
 
 def noop(x: int) -> int:

@@ -20,11 +20,19 @@ The path of one call through this package::
         ──> _codec.decode_outcome: replay stdout/stderr, return the value or
             re-raise the remote exception with its remote traceback
 
-Who owns what: ``_remote`` the decorator and calls, ``_jobs`` submitted
-jobs, ``_batch`` map, ``_client`` questions about the server and its jobs,
-``_progress`` progress reports, ``_codec`` pickling, ``_transport`` channels
-and error translation, ``_sync`` blocking over async, ``errors`` the
-exception tree.
+Who owns what, each module importing only those below it::
+
+    _remote     the decorator and calls
+    _batch      map
+    _client     questions about the server and its jobs; JSON jobs
+    _submit     submitting jobs (one Submit RPC), for all of the above
+    _jobs       handles on submitted jobs
+    _codec      pickling          _sync      blocking over async
+    _transport  channels, one typed function per RPC, error translation
+    errors      the exception tree, and which error kind of the server is which
+    _progress   progress reports (beside the rest)
+
+``cli`` is ``pool-client``, built on the public names below alone.
 """
 
 from distribute_client._batch import AsyncMap as AsyncMap
@@ -40,13 +48,19 @@ from distribute_client._remote import Call as Call
 from distribute_client._remote import RemoteFunction as RemoteFunction
 from distribute_client._remote import compute_this as compute_this
 from distribute_client.errors import CallTimeoutError as CallTimeoutError
+from distribute_client.errors import InvalidRequestError as InvalidRequestError
 from distribute_client.errors import JobCancelledError as JobCancelledError
+from distribute_client.errors import JobInterruptedError as JobInterruptedError
 from distribute_client.errors import JobNotFoundError as JobNotFoundError
+from distribute_client.errors import JobTimedOutError as JobTimedOutError
+from distribute_client.errors import JournalUnavailableError as JournalUnavailableError
 from distribute_client.errors import PoolError as PoolError
 from distribute_client.errors import ProtocolError as ProtocolError
 from distribute_client.errors import QueueFullError as QueueFullError
 from distribute_client.errors import RemoteError as RemoteError
 from distribute_client.errors import SerializationError as SerializationError
+from distribute_client.errors import ServerError as ServerError
+from distribute_client.errors import ServerShuttingDownError as ServerShuttingDownError
 from distribute_client.errors import ServerUnavailableError as ServerUnavailableError
 from distribute_client.errors import WorkerCrashedError as WorkerCrashedError
 
@@ -56,10 +70,14 @@ __all__ = [
     "Call",
     "CallTimeoutError",
     "Client",
+    "InvalidRequestError",
     "Job",
     "JobCancelledError",
+    "JobInterruptedError",
     "JobNotFoundError",
     "JobStatus",
+    "JobTimedOutError",
+    "JournalUnavailableError",
     "Map",
     "PoolError",
     "PoolStatus",
@@ -68,6 +86,8 @@ __all__ = [
     "RemoteError",
     "RemoteFunction",
     "SerializationError",
+    "ServerError",
+    "ServerShuttingDownError",
     "ServerUnavailableError",
     "WorkerCrashedError",
     "WorkerInfo",

@@ -19,22 +19,20 @@ import collections
 import itertools
 import secrets
 import sys
+import types
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from tqdm import tqdm
 
-from distribute_client import _codec, _transport
+from distribute_client import _codec
 from distribute_client._client import Client
 from distribute_client._jobs import Job
+from distribute_client._submit import Submittable, submit
 from distribute_client._sync import run_sync
 from distribute_client.errors import QueueFullError
-from pool_proto import pool_pb2
 from pool_wire.payload import CallOutcome
-
-if TYPE_CHECKING:
-    from distribute_client._remote import RemoteFunction
 
 R = TypeVar("R")
 
@@ -60,6 +58,32 @@ DEFAULT_MAX_IN_FLIGHT = 8192
 Args = tuple[tuple[Any, ...], dict[str, Any]]
 
 
+class _Bound(Protocol):
+    """One bound call (a ``Call``): its arguments, checked against the signature."""
+
+    @property
+    def args(self) -> tuple[Any, ...]: ...
+
+    @property
+    def kwargs(self) -> dict[str, Any]: ...
+
+
+class Mappable(Submittable, Protocol):
+    """What map reads of a ``RemoteFunction`` (a protocol, so that this module
+    need not import ``_remote``, which imports it)."""
+
+    @property
+    def depmodules(self) -> tuple[str, ...]: ...
+
+    @property
+    def retry_on(self) -> tuple[str, ...]: ...
+
+    @property
+    def _by_value(self) -> types.ModuleType | None: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Bound: ...
+
+
 def new_batch_id() -> str:
     return f"b{secrets.token_hex(6)}"
 
@@ -70,27 +94,6 @@ def calls_per_job(total: int | None, workers: int) -> int:
     return max(1, min(MAX_CALLS_PER_JOB, total // (max(workers, 1) * JOBS_PER_WORKER)))
 
 
-async def submit(
-    remote: RemoteFunction[..., Any], payloads: list[bytes], item_counts: list[int], batch_id: str
-) -> list[Job[Any]]:
-    """Submit one job per payload in one RPC; all are accepted or none.
-
-    A job's time limit is ``remote.timeout`` per call it carries.
-    """
-    name = remote.function.__qualname__
-    request = pool_pb2.SubmitRequest(
-        payloads=payloads,
-        retries=remote.retries,
-        time_limit_s=(remote.timeout or 0.0) * max(item_counts),
-        batch_id=batch_id,
-        name=name,
-        item_counts=item_counts,
-    )
-    address = remote.address
-    reply = await _transport.call(address, "Submit", request, _transport.SUBMIT_TIMEOUT_S)
-    return [Job(address, job_id, name) for job_id in reply.job_ids]
-
-
 @dataclass
 class _Chunk:
     job: Job[Any]
@@ -99,7 +102,7 @@ class _Chunk:
 
 
 async def map_chunks(
-    remote: RemoteFunction[..., Any],
+    remote: Mappable,
     calls: Iterator[Args],
     batch_id: str,
     max_in_flight: int,
@@ -135,7 +138,7 @@ async def map_chunks(
 
 
 async def _submit_chunks(
-    remote: RemoteFunction[..., Any], calls: list[Args], chunk_size: int, batch_id: str
+    remote: Mappable, calls: list[Args], chunk_size: int, batch_id: str
 ) -> list[_Chunk]:
     groups = [calls[i : i + chunk_size] for i in range(0, len(calls), chunk_size)]
     payloads = [
@@ -179,7 +182,7 @@ class AsyncMap(Generic[R]):
 
     def __init__(
         self,
-        remote: RemoteFunction[..., R],
+        remote: Mappable,
         iterables: tuple[Iterable[Any], ...],
         max_in_flight: int,
         chunk_size: int | None,
@@ -255,7 +258,7 @@ class AsyncMap(Generic[R]):
             await self._chunks.aclose()
 
 
-def _bind(remote: RemoteFunction[..., Any], args: tuple[Any, ...]) -> Args:
+def _bind(remote: Mappable, args: tuple[Any, ...]) -> Args:
     call = remote(*args)
     return call.args, call.kwargs
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from distribute_client import _transport
+from distribute_client import _codec, _transport
 from distribute_client._jobs import LOOKUP_TIMEOUT_S, BatchStatus, Job, JobStatus, batch_status
+from distribute_client._submit import submit_payloads
 from distribute_client._sync import run_sync
 from pool_proto import pool_pb2
 from pool_wire.names import JobState, WorkerState
@@ -40,11 +42,9 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({str(self.address)!r})"
 
-    async def _call(self, method: str, request: Any) -> Any:
-        return await _transport.call(self.address, method, request, LOOKUP_TIMEOUT_S)
-
     async def async_status(self) -> PoolStatus:
-        reply = await self._call("GetWorkers", pool_pb2.GetWorkersRequest())
+        request = pool_pb2.GetWorkersRequest()
+        reply = await _transport.get_workers(self.address, request, LOOKUP_TIMEOUT_S)
         return PoolStatus(
             workers=tuple(
                 WorkerInfo(w.id, w.pid, WorkerState.from_proto(w.state), w.jobs_done, w.restarts)
@@ -62,6 +62,52 @@ class Client:
         """Every worker slot: id, pid, state, jobs done and restarts."""
         return list(self.status().workers)
 
+    async def async_submit_json(
+        self,
+        function: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        retries: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 - the job's limit, not this call's
+        name: str | None = None,
+    ) -> Job[Any]:
+        payload = _codec.encode_json_call(function, args, kwargs or {})
+        (job,) = await submit_payloads(
+            self.address,
+            [payload],
+            name=name or function,
+            retries=retries,
+            time_limit_s=timeout or 0.0,
+        )
+        return job
+
+    def submit_json(
+        self,
+        function: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        retries: int = 0,
+        timeout: float | None = None,
+        name: str | None = None,
+    ) -> Job[Any]:
+        """Submit ``function(*args, **kwargs)`` as a durable job, by name and
+        with JSON arguments: nothing is pickled, the worker imports
+        ``function`` (``"package.module:name"``) itself.
+
+        ``retries`` more attempts follow a worker crash; ``timeout`` limits
+        each attempt's running time; ``name`` labels the job in listings
+        (default: ``function``). ``result()`` returns the value as JSON
+        gives it back, and raises a failure as :class:`RemoteError`.
+        ``ValueError`` if ``function`` is not ``module:name``,
+        :class:`SerializationError` if an argument is not JSON.
+        """
+        call = self.async_submit_json(
+            function, args, kwargs, retries=retries, timeout=timeout, name=name
+        )
+        return run_sync(call)
+
     def job(self, job_id: str) -> Job[Any]:
         """Re-attach to a submitted job by its id (from any process)."""
         return Job(self.address, job_id)
@@ -74,7 +120,7 @@ class Client:
             batch_id=batch_id or "",
             limit=limit,
         )
-        reply = await self._call("ListJobs", request)
+        reply = await _transport.list_jobs(self.address, request, LOOKUP_TIMEOUT_S)
         return [JobStatus.from_proto(status) for status in reply.jobs]
 
     def jobs(
@@ -84,7 +130,8 @@ class Client:
         return run_sync(self.async_jobs(state, batch_id, limit))
 
     async def async_batch(self, batch_id: str) -> BatchStatus:
-        return batch_status(await self._call("GetBatch", pool_pb2.BatchRef(batch_id=batch_id)))
+        request = pool_pb2.BatchRef(batch_id=batch_id)
+        return batch_status(await _transport.get_batch(self.address, request, LOOKUP_TIMEOUT_S))
 
     def batch(self, batch_id: str) -> BatchStatus:
         """A batch's jobs per state and its completion percentage (done / total)."""

@@ -15,7 +15,7 @@ import sys
 import sysconfig
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
@@ -101,6 +101,20 @@ def encode_batch(
             raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
     request = BatchRequest(function_bytes, items, depmodules, retry_on, _source_files(function))
     return _checked(dumps(request), name)
+
+
+def encode_json_call(function: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
+    """A JSON call of ``function`` (``"module:name"``), imported by the worker
+    (the format of ``pool_wire.payload.JsonCall``)."""
+    module, sep, qualname = function.partition(":")
+    if not sep or not module or not qualname:
+        raise ValueError(f"function {function!r} is not 'module:name'")
+    call = {"function": function, "args": list(args), "kwargs": dict(kwargs)}
+    try:
+        payload = json.dumps(call)
+    except (TypeError, ValueError) as e:
+        raise SerializationError(f"the arguments of {function} are not JSON: {e}") from e
+    return _checked(payload.encode(), function)
 
 
 def _name(function: Callable[..., Any]) -> str:

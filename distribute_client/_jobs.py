@@ -83,8 +83,8 @@ class Job(Generic[R]):
         return f"<Job {self.id} ({self.name}) on {self.address}>"
 
     async def async_status(self) -> JobStatus:
-        reply = await _transport.call(
-            self.address, "GetJob", pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
+        reply = await _transport.get_job(
+            self.address, pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
         )
         return JobStatus.from_proto(reply)
 
@@ -104,7 +104,7 @@ class Job(Generic[R]):
         time limit, cancel), and CallTimeoutError if ``timeout`` passes first.
         """
         request = pool_pb2.JobRef(job_id=self.id)
-        reply = await _transport.call(self.address, "GetResult", request, timeout)
+        reply = await _transport.get_result(self.address, request, timeout)
         status = JobStatus.from_proto(reply.status)
         if not status.finished:
             raise CallTimeoutError(
@@ -123,8 +123,8 @@ class Job(Generic[R]):
         return run_sync(self.async_result(timeout))
 
     async def async_cancel(self) -> JobStatus:
-        reply = await _transport.call(
-            self.address, "CancelJob", pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
+        reply = await _transport.cancel_job(
+            self.address, pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
         )
         return JobStatus.from_proto(reply)
 
@@ -134,7 +134,7 @@ class Job(Generic[R]):
 
     async def watch(self) -> AsyncIterator[JobStatus]:
         """Its status now and after every change, until it finishes."""
-        async for status in _transport.watch(self.address, self.id):
+        async for status in _transport.watch_job(self.address, pool_pb2.JobRef(job_id=self.id)):
             yield JobStatus.from_proto(status)
 
 

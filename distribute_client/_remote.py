@@ -8,7 +8,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from distribute_client import _batch, _codec, _transport
+from distribute_client import _batch, _codec, _submit, _transport
 from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
@@ -164,7 +164,7 @@ class Call(Generic[R]):
             return await job.async_result()
         address = remote.address
         request = pool_pb2.RunRequest(payload=self.payload(), retries=remote.retries)
-        reply = await _transport.call(address, "Run", request, remote.timeout)
+        reply = await _transport.run(address, request, remote.timeout)
         where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
         value: R = _codec.decode_outcome(reply.outcome, remote.function.__qualname__, where)
         return value
@@ -176,7 +176,7 @@ class Call(Generic[R]):
     run = compute  # the original's name
 
     async def async_submit(self) -> Job[R]:
-        (job,) = await _batch.submit(self.remote, [self.payload()], [1], batch_id="")
+        (job,) = await _submit.submit(self.remote, [self.payload()], [1], batch_id="")
         return job
 
     def submit(self) -> Job[R]:

@@ -1,28 +1,35 @@
-"""gRPC channels and the one place where gRPC errors become PoolErrors."""
+"""gRPC channels, one typed function per RPC, and the one place where gRPC
+errors become PoolErrors (:func:`map_rpc_errors`).
+
+Every RPC of the Pool service has its wrapper here (``run``, ``submit``,
+``get_job``, ...), taking and returning its own messages, so the rest of the
+client never names an RPC as a string and the type checker sees each request
+and reply.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
 import grpc
 
 from distribute_client.errors import (
+    ERRORS_BY_KIND,
     CallTimeoutError,
-    JobCancelledError,
-    JobNotFoundError,
+    InvalidRequestError,
     PoolError,
-    ProtocolError,
-    QueueFullError,
+    ServerError,
     ServerUnavailableError,
     WorkerCrashedError,
 )
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_wire.limits import GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
+from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -32,10 +39,10 @@ SERVER_ENV = "POOL_SERVER"
 
 _CHANNEL_OPTIONS = GRPC_MESSAGE_OPTIONS
 
-# Metadata keys set by pool_server/errors.py.
-_KIND_KEY = "pool-error"
-_WORKER_ID_KEY = "pool-worker-id"
-_EXIT_CODE_KEY = "pool-exit-code"
+_MAX_PORT = 65535
+
+RequestT = TypeVar("RequestT", contravariant=True)
+ReplyT = TypeVar("ReplyT", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -47,27 +54,55 @@ class Address:
 
     @classmethod
     def parse(cls, server: str | None) -> Address:
+        """``server``, else ``$POOL_SERVER``, else the default; ``ValueError``
+        naming the text (and where it came from) if it is not an address."""
+        from_env = not server and bool(os.environ.get(SERVER_ENV))
         text = server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
         tls = text.startswith("grpcs://")
         target = text.removeprefix("grpcs://").removeprefix("grpc://")
         host, sep, port = target.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(
-                f"server address {text!r} is not host:port, grpc://host:port or grpcs://host:port"
-            )
+        if not sep or not host or not port.isdigit() or int(port) > _MAX_PORT:
+            where = f"${SERVER_ENV} is {text!r}, which" if from_env else f"server address {text!r}"
+            raise ValueError(f"{where} is not host:port, grpc://host:port or grpcs://host:port")
         return cls(target, tls)
 
     def __str__(self) -> str:
         return f"grpcs://{self.target}" if self.tls else self.target
 
 
+class _Unary(Protocol[RequestT, ReplyT]):
+    """A unary RPC of the stub on a grpc.aio channel."""
+
+    def __call__(self, request: RequestT, *, timeout: float | None = None) -> Awaitable[ReplyT]: ...
+
+
+class _Streaming(Protocol[RequestT, ReplyT]):
+    """A server-streaming RPC of the stub on a grpc.aio channel."""
+
+    def __call__(self, request: RequestT) -> AsyncIterator[ReplyT]: ...
+
+
+class _Stub(Protocol):
+    """``pool_pb2_grpc.PoolStub`` with types: protoc generates it without hints."""
+
+    Run: _Unary[pool_pb2.RunRequest, pool_pb2.RunReply]
+    GetWorkers: _Unary[pool_pb2.GetWorkersRequest, pool_pb2.GetWorkersReply]
+    Submit: _Unary[pool_pb2.SubmitRequest, pool_pb2.SubmitReply]
+    GetJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
+    WatchJob: _Streaming[pool_pb2.JobRef, pool_pb2.JobStatus]
+    GetResult: _Unary[pool_pb2.JobRef, pool_pb2.JobResult]
+    CancelJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
+    ListJobs: _Unary[pool_pb2.ListJobsRequest, pool_pb2.ListJobsReply]
+    GetBatch: _Unary[pool_pb2.BatchRef, pool_pb2.BatchStatus]
+
+
 # grpc.aio channels belong to the event loop that made them. A channel holds
 # its loop, so entries are dropped by hand once their loop is closed (each
 # asyncio.run() makes a new loop).
-_channels: dict[asyncio.AbstractEventLoop, dict[Address, pool_pb2_grpc.PoolStub]] = {}
+_channels: dict[asyncio.AbstractEventLoop, dict[Address, _Stub]] = {}
 
 
-def stub_for(address: Address) -> pool_pb2_grpc.PoolStub:
+def stub_for(address: Address) -> _Stub:
     """A stub on a channel shared by every call to ``address`` on this loop."""
     loop = asyncio.get_running_loop()
     stubs = _channels.get(loop)
@@ -87,55 +122,127 @@ def stub_for(address: Address) -> pool_pb2_grpc.PoolStub:
     return stub
 
 
-async def call(address: Address, method: str, request: Any, deadline_s: float | None) -> Any:
-    """One unary RPC ``method`` of the Pool service, with errors mapped to PoolErrors."""
-    with map_rpc_errors(address, deadline_s):
-        return await getattr(stub_for(address), method)(request, timeout=deadline_s)
+# One typed wrapper per RPC of the Pool service. The generated stub has no
+# type hints, so _Stub describes it; callers see each RPC's request and reply.
 
 
-async def watch(address: Address, job_id: str) -> AsyncIterator[pool_pb2.JobStatus]:
-    """The WatchJob stream: a job's status after every change, until it finishes."""
+async def run(
+    address: Address, request: pool_pb2.RunRequest, deadline_s: float | None
+) -> pool_pb2.RunReply:
+    """Run: one call on the next idle worker, answered with its outcome."""
+    return await _unary(address, stub_for(address).Run, request, deadline_s)
+
+
+async def get_workers(
+    address: Address, request: pool_pb2.GetWorkersRequest, deadline_s: float | None
+) -> pool_pb2.GetWorkersReply:
+    """GetWorkers: every worker slot plus the job queue."""
+    return await _unary(address, stub_for(address).GetWorkers, request, deadline_s)
+
+
+async def submit(
+    address: Address, request: pool_pb2.SubmitRequest, deadline_s: float | None
+) -> pool_pb2.SubmitReply:
+    """Submit: one job per payload, journaled before the reply; all or none."""
+    return await _unary(address, stub_for(address).Submit, request, deadline_s)
+
+
+async def get_job(
+    address: Address, request: pool_pb2.JobRef, deadline_s: float | None
+) -> pool_pb2.JobStatus:
+    """GetJob: where a job stands."""
+    return await _unary(address, stub_for(address).GetJob, request, deadline_s)
+
+
+async def watch_job(
+    address: Address, request: pool_pb2.JobRef
+) -> AsyncIterator[pool_pb2.JobStatus]:
+    """WatchJob: a job's status after every change, until it finishes."""
     with map_rpc_errors(address, None):
-        async for status in stub_for(address).WatchJob(pool_pb2.JobRef(job_id=job_id)):
+        async for status in stub_for(address).WatchJob(request):
             yield status
+
+
+async def get_result(
+    address: Address, request: pool_pb2.JobRef, deadline_s: float | None
+) -> pool_pb2.JobResult:
+    """GetResult: wait up to the deadline for a job to finish; its status and outcome."""
+    return await _unary(address, stub_for(address).GetResult, request, deadline_s)
+
+
+async def cancel_job(
+    address: Address, request: pool_pb2.JobRef, deadline_s: float | None
+) -> pool_pb2.JobStatus:
+    """CancelJob: drop a queued job, or stop a running one's worker."""
+    return await _unary(address, stub_for(address).CancelJob, request, deadline_s)
+
+
+async def list_jobs(
+    address: Address, request: pool_pb2.ListJobsRequest, deadline_s: float | None
+) -> pool_pb2.ListJobsReply:
+    """ListJobs: submitted jobs, newest first."""
+    return await _unary(address, stub_for(address).ListJobs, request, deadline_s)
+
+
+async def get_batch(
+    address: Address, request: pool_pb2.BatchRef, deadline_s: float | None
+) -> pool_pb2.BatchStatus:
+    """GetBatch: a batch's calls per state."""
+    return await _unary(address, stub_for(address).GetBatch, request, deadline_s)
+
+
+async def _unary(
+    address: Address,
+    method: _Unary[RequestT, ReplyT],
+    request: RequestT,
+    deadline_s: float | None,
+) -> ReplyT:
+    with map_rpc_errors(address, deadline_s):
+        return await method(request, timeout=deadline_s)
 
 
 @contextlib.contextmanager
 def map_rpc_errors(address: Address, timeout: float | None) -> Iterator[None]:
+    """Turn a gRPC error inside the block into its PoolError (the cause kept)."""
     try:
         yield
     except grpc.aio.AioRpcError as e:
         raise _translate(e, address, timeout) from e
 
 
-_ERRORS_BY_KIND: dict[str, type[PoolError]] = {
-    "cancelled": JobCancelledError,
-    "not-found": JobNotFoundError,
-    "queue-full": QueueFullError,
-}
-
-
 def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | None) -> PoolError:
-    code, details = error.code(), error.details() or ""
+    """The PoolError for an error status: by the server's error kind when it
+    sent one this client knows, else by the status code alone."""
+    details = error.details() or ""
     metadata = {k: v for k, v in (error.trailing_metadata() or ()) if isinstance(v, str)}
-    kind = metadata.get(_KIND_KEY)
-    if kind == "worker-crashed":
-        exit_code = metadata.get(_EXIT_CODE_KEY)
-        worker_id = metadata.get(_WORKER_ID_KEY)
+    try:
+        kind = ErrorKind(metadata.get(KIND_KEY, ""))
+    except ValueError:  # no kind (gRPC's own status), or one from a newer server
+        return _from_code(error.code(), details, address, timeout)
+    cls = ERRORS_BY_KIND[kind]
+    if cls is WorkerCrashedError:
+        exit_code, worker_id = metadata.get(EXIT_CODE_KEY), metadata.get(WORKER_ID_KEY)
         return WorkerCrashedError(
             details,
             exit_code=int(exit_code) if exit_code is not None else None,
             worker_id=int(worker_id) if worker_id is not None else None,
         )
-    if kind in _ERRORS_BY_KIND:
-        return _ERRORS_BY_KIND[kind](details)
+    if issubclass(cls, ServerUnavailableError | ServerError):
+        return cls(f"{address}: {details}")
+    if issubclass(cls, InvalidRequestError):
+        return cls(f"{address} rejected the call: {details}")
+    return cls(details)
+
+
+def _from_code(
+    code: grpc.StatusCode, details: str, address: Address, timeout: float | None
+) -> PoolError:
+    """A status the server's code did not explain: gRPC's own (no answer, the
+    client's deadline, a message over the size limit)."""
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return CallTimeoutError(
-            details if kind else f"the call did not finish within its {timeout:.3g} s timeout"
-        )
+        within = f" within its {timeout:.3g} s timeout" if timeout is not None else ""
+        return CallTimeoutError(f"the call did not finish{within}")
     if code == grpc.StatusCode.UNAVAILABLE:
-        if kind:
-            return ServerUnavailableError(f"{address}: {details}")
         return ServerUnavailableError(
             f"no pool-server answered at {address} ({details}); is it running? "
             f"Start one with `pool-server`, or point {SERVER_ENV} at one"
@@ -144,8 +251,8 @@ def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | N
         return PoolError(
             f"{address} cancelled the call ({details}); it may be shutting down or overloaded"
         )
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ProtocolError(f"{address} rejected the call: {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:  # from a proxy, say
+        return InvalidRequestError(f"{address} rejected the call: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return PoolError(
             f"{address}: {details}; payloads and results are limited to {MAX_PAYLOAD_BYTES} bytes"

@@ -342,10 +342,16 @@ def test_unreachable_server_fails_fast() -> None:
     assert isinstance(info.value, ConnectionError)
 
 
-def test_bad_address_is_rejected() -> None:
-    """A malformed address is a ValueError at decoration time."""
-    with pytest.raises(ValueError, match="not host:port"):
+def test_bad_address_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A malformed address is a ValueError that names it: at decoration time
+    when given, and at the call when it comes from $POOL_SERVER."""
+    with pytest.raises(ValueError, match="'localhost' is not host:port"):
         compute_this("localhost")(add)
+    with pytest.raises(ValueError, match="'127.0.0.1:99999' is not host:port"):
+        Client("127.0.0.1:99999")
+    monkeypatch.setenv("POOL_SERVER", "no-port")
+    with pytest.raises(ValueError, match=r"\$POOL_SERVER is 'no-port', which is not host:port"):
+        compute_this()(add)(1, 2).compute()
 
 
 def test_channels_of_closed_loops_are_dropped(server: ServerProcess) -> None:

@@ -1,0 +1,79 @@
+"""Submitting jobs: one Submit RPC for one or many payloads, all accepted or none.
+
+Every way of making jobs ends here: ``f.submit(x)`` (one pickled call),
+``f.map(xs)`` (chunks of calls, see ``_batch``) and ``Client.submit_json``
+(a JSON call, as ``pool-client submit`` sends). This module sits below all
+three and imports none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from distribute_client import _transport
+from distribute_client._jobs import Job
+from pool_proto import pool_pb2
+
+
+class Submittable(Protocol):
+    """What submitting reads of a ``RemoteFunction`` (a protocol, so that this
+    module need not import ``_remote``, which imports it)."""
+
+    @property
+    def address(self) -> _transport.Address: ...
+
+    @property
+    def function(self) -> Callable[..., Any]: ...
+
+    @property
+    def retries(self) -> int: ...
+
+    @property
+    def timeout(self) -> float | None: ...
+
+
+async def submit(
+    remote: Submittable, payloads: list[bytes], item_counts: list[int], batch_id: str
+) -> list[Job[Any]]:
+    """Submit one job per payload of ``remote``'s function in one RPC; all are
+    accepted or none.
+
+    A job's time limit is ``remote.timeout`` per call it carries.
+    """
+    return await submit_payloads(
+        remote.address,
+        payloads,
+        name=remote.function.__qualname__,
+        retries=remote.retries,
+        time_limit_s=(remote.timeout or 0.0) * max(item_counts),
+        batch_id=batch_id,
+        item_counts=item_counts,
+    )
+
+
+async def submit_payloads(
+    address: _transport.Address,
+    payloads: list[bytes],
+    *,
+    name: str,
+    retries: int = 0,
+    time_limit_s: float = 0.0,
+    batch_id: str = "",
+    item_counts: Sequence[int] = (),
+) -> list[Job[Any]]:
+    """One job per payload (pickled or JSON), in one Submit RPC.
+
+    ``time_limit_s`` limits each attempt's running time (0 for none);
+    ``item_counts`` is the number of calls each payload carries (empty: one each).
+    """
+    request = pool_pb2.SubmitRequest(
+        payloads=payloads,
+        retries=retries,
+        time_limit_s=time_limit_s,
+        batch_id=batch_id,
+        name=name,
+        item_counts=item_counts,
+    )
+    reply = await _transport.submit(address, request, _transport.SUBMIT_TIMEOUT_S)
+    return [Job(address, job_id, name) for job_id in reply.job_ids]
