@@ -9,9 +9,12 @@
 ``submit`` sends a JSON call: the function is imported *on the server* by
 name, each ARG is a JSON value (text that is not JSON is taken as a string),
 so no pickling happens here. Output is for people; ``--json`` prints JSON
-for scripts. Exit codes: 0 done, 1 the job failed (its error is printed),
-2 bad usage, 3 not finished in time, 4 cancelled, 5 no such job, 6 no
-server.
+for scripts (a job's id is ``id`` in all of it). Exit codes: 0 done, 1 the
+job failed (its error is printed), 2 bad usage (a malformed --server or
+$POOL_SERVER among it), 3 not finished in time, 4 cancelled, 5 no such job,
+6 no server (or it is shutting down, or cannot reach its journal).
+
+Only the public client API is used here: what this tool does, a script can.
 """
 
 from __future__ import annotations
@@ -25,20 +28,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from distribute_client import _transport
-from distribute_client._client import Client
-from distribute_client._jobs import Job, JobStatus
-from distribute_client.errors import (
+from distribute_client import (
     CallTimeoutError,
+    Client,
+    Job,
     JobCancelledError,
     JobNotFoundError,
+    JobStatus,
     PoolError,
     ProtocolError,
     RemoteError,
     ServerUnavailableError,
     WorkerCrashedError,
 )
-from pool_proto import pool_pb2
 from pool_wire.names import JobState
 
 EXIT_OK = 0
@@ -52,7 +54,8 @@ EXIT_UNAVAILABLE = 6
 # The most specific class first: the first match decides the exit code.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ServerUnavailableError, EXIT_UNAVAILABLE),
-    (ProtocolError, EXIT_USAGE),  # the server refused the request as malformed
+    (ProtocolError, EXIT_USAGE),  # the server refused the request as malformed, or a
+    # version mismatch
     (JobNotFoundError, EXIT_NOT_FOUND),
     (JobCancelledError, EXIT_CANCELLED),
     (CallTimeoutError, EXIT_TIMEOUT),
@@ -61,13 +64,23 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (PoolError, EXIT_JOB_FAILED),
 )
 
+_EXIT_FOR_STATE = {
+    JobState.DONE: EXIT_OK,
+    JobState.CANCELLED: EXIT_CANCELLED,
+    JobState.TIMED_OUT: EXIT_TIMEOUT,
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is _submit:
         args.kwargs = _kwargs(parser, args.kwargs)
-    client = Client(args.server)
+    try:
+        client = Client(args.server)
+    except ValueError as e:  # a malformed --server or $POOL_SERVER
+        print(f"pool-client: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         code: int = args.command(client, args)
     except Exception as e:
@@ -100,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
 
     command("workers", _workers, "list the worker slots and the queue")
     submit = command("submit", _submit, "submit MODULE:FUNCTION(ARG...) as a job")
-    submit.add_argument("function", metavar="MODULE:FUNCTION")
+    submit.add_argument("function", metavar="MODULE:FUNCTION", type=_function_name)
     submit.add_argument("args", nargs="*", metavar="ARG", help="a JSON value per argument")
     submit.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
     submit.add_argument("--retries", type=int, default=0, help="attempts after a crash")
@@ -153,6 +166,13 @@ def _workers(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _function_name(text: str) -> str:
+    module, sep, name = text.partition(":")
+    if not sep or not module or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION, e.g. mypkg.sims:run")
+    return text
+
+
 def _kwargs(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
     try:
         kwargs = json.loads(text)
@@ -164,22 +184,14 @@ def _kwargs(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
 
 
 def _submit(client: Client, args: argparse.Namespace) -> int:
-    call = {
-        "function": args.function,
-        "args": [_json_value(a) for a in args.args],
-        "kwargs": args.kwargs,
-    }
-    request = pool_pb2.SubmitRequest(
-        payloads=[json.dumps(call).encode()],
+    job = client.submit_json(
+        args.function,
+        [_json_value(a) for a in args.args],
+        args.kwargs,
         retries=args.retries,
-        time_limit_s=args.timeout,
-        name=args.function,
+        timeout=args.timeout or None,
     )
-    reply = asyncio.run(
-        _transport.call(client.address, "Submit", request, _transport.SUBMIT_TIMEOUT_S)
-    )
-    job_id = reply.job_ids[0]
-    _print_json({"job_id": job_id}) if args.json else print(job_id)
+    _print_json({"id": job.id}) if args.json else print(job.id)
     return EXIT_OK
 
 
@@ -191,7 +203,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
 def _result(client: Client, args: argparse.Namespace) -> int:
     value = client.job(args.job_id).result(timeout=args.timeout)
     if args.json:
-        _print_json({"value": value})
+        _print_json({"id": args.job_id, "value": value})
     else:
         print(value if isinstance(value, str) else json.dumps(value, default=repr))
     return EXIT_OK
@@ -212,7 +224,7 @@ def _watch(client: Client, args: argparse.Namespace) -> int:
         return last
 
     final = asyncio.run(follow(client.job(args.job_id)))
-    return EXIT_OK if final.state == "DONE" else _exit_for_state(final.state)
+    return _exit_for_state(final.state)
 
 
 def _jobs(client: Client, args: argparse.Namespace) -> int:
@@ -257,8 +269,9 @@ def _show(status: JobStatus, as_json: bool) -> None:
     print("  ".join(parts), flush=True)
 
 
-def _exit_for_state(state: str) -> int:
-    return {"CANCELLED": EXIT_CANCELLED, "TIMED_OUT": EXIT_TIMEOUT}.get(state, EXIT_JOB_FAILED)
+def _exit_for_state(state: JobState) -> int:
+    """The exit code for the state a watched job finished in."""
+    return _EXIT_FOR_STATE.get(state, EXIT_JOB_FAILED)
 
 
 def _json_value(text: str) -> Any:

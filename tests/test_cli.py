@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from distribute_client import Client, RemoteError, SerializationError
+from distribute_client import cli as pool_client
 
 from .conftest import ServerProcess, StartServer
 
@@ -70,6 +74,7 @@ def test_exit_codes_say_what_happened(cli_server: ServerProcess) -> None:
     assert cli(cli_server, "result", job_id).returncode == 4
     assert cli(cli_server, "status", "jnope").returncode == 5
     assert cli(cli_server, "submit").returncode == 2
+    assert cli(cli_server, "submit", "shell_jobs.fail").returncode == 2  # not MODULE:FUNCTION
     assert cli(cli_server, "submit", "shell_jobs:fail", "--kwargs", "{nope").returncode == 2
     assert cli(cli_server, "jobs", "--state", "BOGUS").returncode == 2
     assert cli(cli_server, "status", job_id, "--json").returncode == 0  # options after the command
@@ -83,10 +88,88 @@ def test_exit_codes_say_what_happened(cli_server: ServerProcess) -> None:
 
 
 def test_jobs_and_workers_listings(cli_server: ServerProcess) -> None:
-    """jobs lists what was submitted; workers lists every slot (JSON for scripts)."""
-    job_id = cli(cli_server, "submit", "shell_jobs:steps", "1").stdout.strip()
-    assert cli(cli_server, "result", job_id).returncode == 0
+    """jobs lists what was submitted; workers lists every slot (JSON for scripts,
+    where a job's id is always "id")."""
+    submitted = cli(cli_server, "--json", "submit", "shell_jobs:steps", "1")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    result = cli(cli_server, "result", job_id, "--json")
+    assert json.loads(result.stdout) == {"id": job_id, "value": {"steps": 1}}
     listed = json.loads(cli(cli_server, "--json", "jobs", "--state", "DONE").stdout)
     assert job_id in [job["id"] for job in listed]
     workers = json.loads(cli(cli_server, "--json", "workers").stdout)
     assert [w["id"] for w in workers["workers"]] == [1, 2]
+
+
+def test_submit_json_is_the_public_path(cli_server: ServerProcess) -> None:
+    """Client.submit_json, which pool-client submit uses, runs a function by
+    name with JSON arguments; its failures come back as RemoteError."""
+    client = Client(cli_server.address)
+    job = client.submit_json("shell_jobs:steps", [2], {"pause": 0}, retries=1, timeout=30)
+    assert job.result(timeout=30) == {"steps": 2}
+    status = job.status()
+    assert (status.name, status.max_attempts) == ("shell_jobs:steps", 2)
+    failing = client.submit_json("shell_jobs:fail", name="expected to fail")
+    with pytest.raises(RemoteError, match="shell job failed"):
+        failing.result(timeout=30)
+    assert failing.status().name == "expected to fail"
+    with pytest.raises(ValueError, match="'shell_jobs' is not 'module:name'"):
+        client.submit_json("shell_jobs")
+    with pytest.raises(SerializationError, match="not JSON"):
+        client.submit_json("shell_jobs:steps", [object()])
+
+
+# One of each command, with what it needs; none gets as far as a server.
+COMMANDS = [
+    ["workers"],
+    ["submit", "shell_jobs:steps", "1"],
+    ["status", "j1"],
+    ["result", "j1"],
+    ["cancel", "j1"],
+    ["watch", "j1"],
+    ["jobs"],
+    ["batch", "b1"],
+]
+
+
+def test_the_command_list_is_complete() -> None:
+    """COMMANDS below has every pool-client command, so each is checked."""
+    (subcommands,) = [
+        action
+        for action in pool_client._parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    assert {command[0] for command in COMMANDS} == set(subcommands.choices)
+
+
+def test_malformed_address_is_a_usage_error_for_every_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --server or $POOL_SERVER that is not host:port exits 2 with one line on
+    stderr that names the bad text (and $POOL_SERVER when it came from there),
+    before any server is contacted."""
+    monkeypatch.delenv("POOL_SERVER", raising=False)
+    for command in COMMANDS:
+        for argv in (["--server", "localhost", *command], [*command, "--server", "localhost"]):
+            assert pool_client.main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, (argv, err)
+            assert "'localhost' is not host:port" in err
+    monkeypatch.setenv("POOL_SERVER", "pool:server")
+    for command in COMMANDS:
+        assert pool_client.main(command) == 2, command
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, (command, err)
+        assert "$POOL_SERVER is 'pool:server'" in err
+
+
+def test_malformed_address_exits_2_from_the_command_line() -> None:
+    """The same through the real entry point: exit status 2, one line, no traceback."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "distribute_client.cli", "--server", "nope", "workers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith("pool-client: ") and bad.stderr.count("\n") == 1
