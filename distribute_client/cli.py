@@ -54,8 +54,9 @@ EXIT_UNAVAILABLE = 6
 # The most specific class first: the first match decides the exit code.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ServerUnavailableError, EXIT_UNAVAILABLE),
-    (ProtocolError, EXIT_USAGE),  # the server refused the request as malformed, or a
-    # version mismatch
+    # InvalidRequestError: the server refused the request as malformed (and
+    # its base, an answer this client cannot read: a version mismatch).
+    (ProtocolError, EXIT_USAGE),
     (JobNotFoundError, EXIT_NOT_FOUND),
     (JobCancelledError, EXIT_CANCELLED),
     (CallTimeoutError, EXIT_TIMEOUT),
