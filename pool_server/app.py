@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.config import ServerConfig
 from pool_server.journal import Journal, JournalError
+from pool_server.journal_writer import JournalWriter
 from pool_server.service import PoolService
 from pool_server.supervisor import WorkerPool, open_pool
 from pool_server.tracker import JobTracker
@@ -85,39 +86,57 @@ async def _serve(config: ServerConfig) -> int:
     except (OSError, JournalError) as e:
         log.error("%s", e)
         return EXIT_STATE_UNUSABLE
-    with lock, contextlib.closing(journal):
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+    with lock:
+        writer = JournalWriter(journal)
         try:
-            port = server.add_insecure_port(config.address)
-        except RuntimeError as e:
-            log.error("cannot listen on %s: %s", config.address, e)
-            return EXIT_BIND_FAILED
+            return await _serve_journaled(config, writer, stop, hurry, started)
+        finally:
+            await writer.close()  # after the pool: its last changes are journaled too
 
-        async with open_pool(config.workers, config.queue_size) as pool:
-            tracker = JobTracker(pool, journal, config.result_ttl)
-            tracker.recover()
-            if not await _wait_ready(pool, stop):
-                return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
-            service = PoolService(pool, tracker)
-            health_servicer = await _start_grpc(server, service)
-            print(
-                f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
-                f"(pid {os.getpid()})",
-                flush=True,
-            )
-            expiry = asyncio.ensure_future(tracker.expire_forever())
-            await stop.wait()
-            expiry.cancel()
-            log.info(
-                "stopping: refusing new calls, giving running ones %.3g s "
-                "(signal again to stop at once)",
-                config.grace,
-            )
-            await health_servicer.enter_graceful_shutdown()
-            # gRPC's own deadline comes after ours: by then every call is answered.
-            grpc_stopped = asyncio.ensure_future(server.stop(config.grace + SHUTDOWN_SLACK_S))
-            await pool.shut_down(config.grace, hurry)
-            await grpc_stopped
+
+async def _serve_journaled(
+    config: ServerConfig,
+    writer: JournalWriter,
+    stop: asyncio.Event,
+    hurry: asyncio.Event,
+    started: float,
+) -> int:
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    try:
+        port = server.add_insecure_port(config.address)
+    except RuntimeError as e:
+        log.error("cannot listen on %s: %s", config.address, e)
+        return EXIT_BIND_FAILED
+
+    async with open_pool(config.workers, config.queue_size) as pool:
+        tracker = JobTracker(pool, writer, config.result_ttl)
+        try:
+            await tracker.recover()
+        except JournalError as e:
+            log.error("cannot recover the jobs in the journal: %s", e)
+            return EXIT_STATE_UNUSABLE
+        if not await _wait_ready(pool, stop):
+            return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
+        service = PoolService(pool, tracker)
+        health_servicer = await _start_grpc(server, service)
+        print(
+            f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
+            f"(pid {os.getpid()})",
+            flush=True,
+        )
+        expiry = asyncio.create_task(tracker.expire_forever(), name="expiry")
+        await stop.wait()
+        expiry.cancel()
+        log.info(
+            "stopping: refusing new calls, giving running ones %.3g s "
+            "(signal again to stop at once)",
+            config.grace,
+        )
+        await health_servicer.enter_graceful_shutdown()
+        # gRPC's own deadline comes after ours: by then every call is answered.
+        grpc_stopped = asyncio.ensure_future(server.stop(config.grace + SHUTDOWN_SLACK_S))
+        await pool.shut_down(config.grace, hurry)
+        await grpc_stopped
 
     log.info(
         "stopped after %.0f s: %d calls answered, %d failed, %d jobs submitted, %d worker restarts",

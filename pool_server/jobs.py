@@ -1,4 +1,4 @@
-"""Jobs: the server's record of one call, and the one state machine it follows.
+"""Jobs: the server's record of one call, and the one place its life is decided.
 
 ::
 
@@ -9,22 +9,33 @@
       │                    └──> FAILED | CANCELLED
       └──> CANCELLED | FAILED (server stopped)
 
+The supervisor and the tracker never move a job themselves: they tell it
+what happened (:meth:`Job.start`, :meth:`Job.answered`, :meth:`Job.crashed`,
+:meth:`Job.timed_out`, :meth:`Job.cancel`, :meth:`Job.interrupted`,
+:meth:`Job.abandoned`), and the job decides, by the table below, what
+follows: queued again while attempts are left, or finished. Every change
+of state is announced to the job's listeners (the journal for durable
+jobs; metrics next) as a :class:`JobChange`.
+
 A job from ``Run`` lives as long as its RPC; a submitted job is *durable*:
-the journal records every change of state, and it outlives the RPC that
-submitted it. Both go through this one machine.
+the journal records its changes, and it outlives the RPC that submitted it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pool_server.errors import CallError
+from pool_server.errors import CallError, JobCancelled, JobInterrupted, JobTimedOut
+from pool_server.events import Listeners
 from pool_wire.names import JobState
+from pool_wire.protocol import ResultStatus
+
+log = logging.getLogger("pool_server.jobs")
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
@@ -47,6 +58,14 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 class IllegalJobTransition(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    """A job moved from ``old`` to its current state."""
+
+    job: Job
+    old: JobState
 
 
 _call_ids = itertools.count(1)
@@ -88,11 +107,11 @@ class Job:
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # Told of every change of state; None for a job nobody observes.
+    listeners: Listeners[JobChange] | None = field(default=None, repr=False)
     # Resolved by the next change a watcher may want to see (state,
     # progress); made only when someone watches, as most jobs are not.
     _next_change: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
-    # Called after every change of state: the journal, for durable jobs.
-    on_transition: Callable[[Job], None] | None = None
 
     def __repr__(self) -> str:
         where = f" on worker {self.worker_id}" if self.state is JobState.RUNNING else ""
@@ -102,10 +121,103 @@ class Job:
     def attempts_left(self) -> bool:
         return self.attempts < self.max_attempts
 
-    def transition(self, new: JobState) -> None:
-        """Move to ``new`` (raising on an illegal move) and wake watchers."""
-        if new not in TRANSITIONS[self.state]:
-            raise IllegalJobTransition(f"{self!r}: {self.state.value} -> {new.value}")
+    # What happened to the job; each decides what follows.
+
+    def start(self, worker_id: int, worker_pid: int) -> None:
+        """An idle worker took the job: a new attempt begins."""
+        self.worker_id, self.worker_pid = worker_id, worker_pid
+        self._move(JobState.RUNNING)
+
+    def answered(self, status: ResultStatus, outcome: bytes) -> bool:
+        """Its worker answered: DONE, FAILED, or (an exception listed in
+        retry_on, with attempts left) queued again. True: put it back in the queue."""
+        if self.state.finished:  # cancelled just as the answer came
+            return False
+        if status is ResultStatus.RETRY and self.attempts_left:
+            return self._try_again("it raised an exception listed in retry_on")
+        self.outcome = outcome
+        self._move(JobState.DONE if status is ResultStatus.OK else JobState.FAILED)
+        return False
+
+    def crashed(self, error: CallError) -> bool:
+        """Its worker died running it: queued again while attempts are left
+        (True: put it back in the queue), else FAILED with ``error``."""
+        if self.state.finished:
+            return False
+        if self.attempts_left:
+            return self._try_again(str(error))
+        self.error = error
+        self._move(JobState.FAILED)
+        return False
+
+    def timed_out(self) -> None:
+        """It ran past its time limit (its worker is being replaced)."""
+        if self.state.finished:
+            return
+        self.error = JobTimedOut(
+            f"job {self.id} ran past its {self.time_limit or 0:.3g} s time limit on worker "
+            f"{self.worker_id}; the worker was stopped and replaced"
+        )
+        log.warning("%s", self.error)
+        self._move(JobState.TIMED_OUT)
+
+    def cancel(self, error: CallError | None = None) -> None:
+        """Finish it as CANCELLED, whatever it was doing; a no-op once finished.
+        A running job's consumer sees it finish and stops the worker."""
+        if self.state.finished:
+            return
+        self.error = error or JobCancelled(f"job {self.id} was cancelled")
+        self._move(JobState.CANCELLED)
+
+    def interrupted(self) -> bool:
+        """Found unfinished in the journal at start-up: an attempt that was
+        running when the server stopped is over. True: queue it (again)."""
+        if self.state is JobState.RUNNING:
+            self._move(JobState.INTERRUPTED)
+        if self.state is JobState.QUEUED:
+            return True
+        if self.attempts_left:
+            self._move(JobState.QUEUED)
+            return True
+        self.error = JobInterrupted(
+            f"the server stopped while job {self.id} ran its last attempt "
+            f"({self.attempts} of {self.max_attempts})"
+        )
+        self._move(JobState.FAILED)
+        return False
+
+    def abandoned(self, error: CallError) -> None:
+        """The server stops before the job finished. A call fails with
+        ``error``; a durable job is left as the journal has it (QUEUED, or
+        RUNNING and so interrupted) for the next start."""
+        if not self.durable:
+            self.cancel(error)
+
+    def failed(self, error: CallError) -> None:
+        """Finish it as FAILED without an outcome (an internal error)."""
+        if self.state.finished:
+            return
+        self.error = error
+        self._move(JobState.FAILED)
+
+    def _try_again(self, why: str) -> bool:
+        log.info(
+            "job %s attempt %d of %d interrupted (%s); queued again",
+            self.id,
+            self.attempts,
+            self.max_attempts,
+            why,
+        )
+        self.outcome = self.error = None  # this attempt's answer is not the job's
+        self._move(JobState.INTERRUPTED)
+        self._move(JobState.QUEUED)
+        return True
+
+    def _move(self, new: JobState) -> None:
+        """Move to ``new`` (raising on an illegal move), then tell listeners and waiters."""
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            raise IllegalJobTransition(f"{self!r}: {old.value} -> {new.value}")
         self.state = new
         if new is JobState.RUNNING:
             self.attempts += 1
@@ -113,10 +225,15 @@ class Job:
             self.progress, self.message = None, ""
         elif new.finished:
             self.finished_at = time.time()
-        if self.on_transition is not None:
-            self.on_transition(self)  # journaled before anyone hears of it
+        if self.listeners is not None:
+            self.listeners.announce(JobChange(self, old))
         if new.finished and not self.done.done():
             self.done.set_result(None)
+        self.notify()
+
+    def progressed(self, fraction: float | None, message: str) -> None:
+        """The function reported progress (not a change of state)."""
+        self.progress, self.message = fraction, message
         self.notify()
 
     def next_change(self) -> asyncio.Future[None]:

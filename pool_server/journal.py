@@ -1,15 +1,29 @@
 """The SQLite journal of durable jobs (WAL mode), under --state-dir.
 
-Every submitted job is inserted before Submit answers, and every change of
-state is written as it happens, so a restarted server (after a clean stop
-or a SIGKILL) knows each job's last state. WAL with ``synchronous=NORMAL``
-makes a commit durable against the server process dying, not against the
-machine losing power.
+A job's row is inserted with its payload when it is submitted; each later
+change of state updates the row without rewriting the payload, which is
+dropped once the job is finished. WAL with ``synchronous=NORMAL`` makes a
+commit durable against the server process dying, not against the machine
+losing power.
+
+This module is blocking I/O: only the journal's writer thread
+(``journal_writer.py``) calls it once the server serves, never the event
+loop. Every error leaves here as a :class:`JournalError` whose message
+says what a person can do about it.
+
+The journal has an identity, kept in the database and beside it in
+``journal.id``: a journal emptied, deleted or replaced by another while the
+server was stopped is noticed at start-up instead of being taken for a new,
+empty one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
+import secrets
+import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,8 +34,12 @@ from pool_server.jobs import Job
 from pool_wire.names import FINISHED_STATES, JobState
 
 JOURNAL_FILE = "journal.sqlite3"
-BUSY_TIMEOUT_S = 0.5
+IDENTITY_FILE = "journal.id"
 SCHEMA_VERSION = 1
+
+# Only the writer thread uses the database (the state dir is locked), so a
+# wait for a lock means something is wrong: fail fast.
+BUSY_TIMEOUT_S = 0.5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -30,7 +48,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     name TEXT NOT NULL,
     items INTEGER NOT NULL,
     state TEXT NOT NULL,
-    payload BLOB,              -- dropped once the job is finished
+    payload BLOB,              -- written once at submit, dropped once the job is finished
     outcome BLOB,
     error_kind TEXT,
     error TEXT,
@@ -49,6 +67,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished_at) WHERE finished_at > 0;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _COLUMNS = (
@@ -56,9 +75,22 @@ _COLUMNS = (
     "max_attempts, time_limit, worker_id, progress, message, created_at, started_at, finished_at"
 )
 
+_UPDATE = (
+    "UPDATE jobs SET state=?, outcome=?, error_kind=?, error=?, exit_code=?, attempts=?, "
+    "worker_id=?, progress=?, message=?, started_at=?, finished_at=?, "
+    "payload=CASE WHEN ? THEN NULL ELSE payload END WHERE id=?"
+)
+
+# A job's state as the writer thread commits it: taken on the loop when the
+# job changes (the job itself goes on changing), in _UPDATE's order.
+Snapshot = tuple[object, ...]
+# A new job's whole row, payload included, in _COLUMNS' order.
+Row = tuple[object, ...]
+
 
 class JournalError(Exception):
-    """The journal cannot be opened or read."""
+    """The journal cannot be opened, read or written; the message says why
+    and what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +101,40 @@ class BatchCounts:
     states: dict[str, int]
 
 
+def snapshot(job: Job) -> Snapshot:
+    """What :meth:`Journal.update` writes for ``job``'s current state."""
+    error_kind = error = exit_code = None
+    if job.error is not None:
+        error_kind, error = job.error.kind.value, str(job.error)
+        if isinstance(job.error, WorkerCrashed):
+            exit_code = job.error.exit_code
+    return (
+        job.state.value,
+        job.outcome,
+        error_kind,
+        error,
+        exit_code,
+        job.attempts,
+        job.worker_id,
+        job.progress,
+        job.message,
+        job.started_at,
+        job.finished_at,
+        job.state.finished,
+        job.id,
+    )
+
+
 class Journal:
+    """The journal database (blocking; see the module docstring)."""
+
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_FILE
-        try:
-            # Only this server writes (the state dir is locked), so waiting on
-            # a lock means something is wrong: fail fast, not block the loop.
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        self._identity_file = state_dir / IDENTITY_FILE
+        with self._errors("cannot use the job journal", corrupt_advice=True):
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
+            )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -87,106 +146,137 @@ class Journal:
                 raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        except sqlite3.Error as e:
-            raise JournalError(
-                f"cannot use the job journal {self.path}: {e}; move it aside to start "
-                "with an empty journal (its jobs are then lost), or restore a backup"
-            ) from e
+            self._check_identity()
 
     def close(self) -> None:
         self._db.close()
 
-    def add(self, jobs: Iterable[Job]) -> None:
-        """Record new jobs, all or none."""
-        with _writing(self.path), self._transaction():
+    def commit(self, added: Iterable[Row], updates: Iterable[Snapshot]) -> None:
+        """New jobs' rows and changes of state, in one transaction (group commit)."""
+        with self._errors("job changes could not be journaled"), self._transaction():
             self._db.executemany(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
-                (_row(job) for job in jobs),
+                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})", added
             )
+            self._db.executemany(_UPDATE, updates)
 
-    def save(self, job: Job) -> None:
-        """Record a job's new state (and its outcome or error once finished)."""
-        error_kind = error = exit_code = None
-        if job.error is not None:
-            error_kind, error = job.error.kind, str(job.error)
-            if isinstance(job.error, WorkerCrashed):
-                exit_code = job.error.exit_code
-        with _writing(self.path):
-            self._update(job, error_kind, error, exit_code)
+    # Reads return rows: a Job is made on the event loop (see job_from_row).
 
-    def _update(
-        self, job: Job, error_kind: str | None, error: str | None, exit_code: int | None
-    ) -> None:
-        self._db.execute(
-            "UPDATE jobs SET state=?, payload=?, outcome=?, error_kind=?, error=?, exit_code=?, "
-            "attempts=?, worker_id=?, progress=?, message=?, started_at=?, finished_at=? "
-            "WHERE id=?",
-            (
-                job.state.value,
-                None if job.state.finished else job.payload,
-                job.outcome,
-                error_kind,
-                error,
-                exit_code,
-                job.attempts,
-                job.worker_id,
-                job.progress,
-                job.message,
-                job.started_at,
-                job.finished_at,
-                job.id,
-            ),
-        )
+    def get(self, job_id: str) -> sqlite3.Row | None:
+        with self._errors(f"job {job_id} could not be read from the journal"):
+            row: sqlite3.Row | None = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)
+            ).fetchone()
+            return row
 
-    def get(self, job_id: str) -> Job | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return None if row is None else _job(row)
-
-    def unfinished(self) -> list[Job]:
+    def unfinished(self) -> list[sqlite3.Row]:
         """Jobs that were QUEUED, RUNNING or INTERRUPTED when the server last stopped."""
         finished = tuple(state.value for state in FINISHED_STATES)
-        rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN ({', '.join('?' * len(finished))}) "
-            "ORDER BY created_at",
-            finished,
-        )
-        return [_job(row) for row in rows]
+        with self._errors("the unfinished jobs could not be read from the journal"):
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE state NOT IN "
+                f"({', '.join('?' * len(finished))}) ORDER BY created_at",
+                finished,
+            )
+            return list(rows)
 
-    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
+    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[sqlite3.Row]:
         """Newest first, without payloads or outcomes."""
         where, params = _filters(state, batch_id)
         columns = _COLUMNS.replace("payload, outcome", "NULL AS payload, NULL AS outcome")
-        rows = self._db.execute(
-            f"SELECT {columns} FROM jobs {where} ORDER BY created_at DESC LIMIT ?",
-            (*params, limit),
-        )
-        return [_job(row) for row in rows]
+        with self._errors("the job list could not be read from the journal"):
+            rows = self._db.execute(
+                f"SELECT {columns} FROM jobs {where} ORDER BY created_at DESC LIMIT ?",
+                (*params, limit),
+            )
+            return list(rows)
 
     def batch(self, batch_id: str) -> BatchCounts:
-        rows = self._db.execute(
-            "SELECT state, SUM(items) FROM jobs WHERE batch_id=? GROUP BY state", (batch_id,)
-        ).fetchall()
+        with self._errors(f"batch {batch_id} could not be read from the journal"):
+            rows = self._db.execute(
+                "SELECT state, SUM(items) FROM jobs WHERE batch_id=? GROUP BY state", (batch_id,)
+            ).fetchall()
         states = {row[0]: row[1] for row in rows}
         return BatchCounts(sum(states.values()), states)
 
     def expire(self, finished_before: float) -> int:
         """Forget jobs finished before the given time; return how many."""
-        cursor = self._db.execute(
-            "DELETE FROM jobs WHERE finished_at > 0 AND finished_at < ?", (finished_before,)
-        )
-        return cursor.rowcount
+        with self._errors("finished jobs past --result-ttl could not be deleted"):
+            cursor = self._db.execute(
+                "DELETE FROM jobs WHERE finished_at > 0 AND finished_at < ?", (finished_before,)
+            )
+            return cursor.rowcount
+
+    def _check_identity(self) -> None:
+        """Refuse a journal that is not the one this state dir last had."""
+        row = self._db.execute("SELECT value FROM meta WHERE key='journal_id'").fetchone()
+        expected = self._read_identity()
+        if row is None and expected is not None:
+            raise _Refused(
+                f"{self.path} is not journal {expected}, which this state dir had: it was "
+                "emptied, deleted or replaced while the server was stopped, and the jobs it "
+                f"held are not in it. Restore it from a backup; or, to start with an empty "
+                f"journal and give those jobs up, delete {self._identity_file}"
+            )
+        if row is None:
+            identity = f"J{secrets.token_hex(8)}"
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('journal_id', ?)", (identity,))
+        else:
+            identity = row[0]
+            if expected is not None and identity != expected:
+                raise _Refused(
+                    f"{self.path} is journal {identity}, but this state dir had journal "
+                    f"{expected}: it was replaced while the server was stopped. Put the right "
+                    f"one back; or, to use this one, delete {self._identity_file}"
+                )
+        if expected is None:
+            temporary = self._identity_file.with_suffix(".tmp")
+            temporary.write_text(identity + "\n")
+            os.replace(temporary, self._identity_file)
+
+    def _read_identity(self) -> str | None:
+        try:
+            return self._identity_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, corrupt_advice: bool = False) -> Iterator[None]:
+        try:
+            yield
+        except _Refused as e:
+            raise JournalError(str(e)) from None
+        except (sqlite3.Error, OSError) as e:
+            raise JournalError(self._describe(what, e, corrupt_advice)) from e
+
+    def _describe(self, what: str, error: sqlite3.Error | OSError, corrupt_advice: bool) -> str:
+        if _disk_full(error):
+            free = shutil.disk_usage(self.path.parent).free
+            return (
+                f"{what}: the disk holding {self.path.parent} is full ({free // 1024} KiB free). "
+                "Free space on it (delete other files there, or give the server a --state-dir "
+                "on a larger disk after moving the whole state dir); the journal itself is "
+                "intact and nothing it holds is lost"
+            )
+        if corrupt_advice and isinstance(error, sqlite3.DatabaseError):
+            return (
+                f"{what} {self.path}: {error}; restore it from a backup, or move it aside to "
+                "start with an empty journal (its jobs are then lost)"
+            )
+        return f"{what} ({self.path}): {error}"
 
     def _transaction(self) -> sqlite3.Connection:
         self._db.execute("BEGIN")
         return self._db
 
 
-@contextlib.contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as e:
-        raise JournalError(f"writing {path} failed: {e}") from e
+class _Refused(Exception):
+    """The journal is readable but is not this state dir's."""
+
+
+def _disk_full(error: sqlite3.Error | OSError) -> bool:
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def _filters(state: JobState | None, batch_id: str) -> tuple[str, tuple[str, ...]]:
@@ -200,7 +290,8 @@ def _filters(state: JobState | None, batch_id: str) -> tuple[str, tuple[str, ...
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
-def _row(job: Job) -> tuple[object, ...]:
+def new_row(job: Job) -> Row:
+    """What :meth:`Journal.commit` inserts for a job just submitted."""
     return (
         job.id,
         job.batch_id,
@@ -222,6 +313,16 @@ def _row(job: Job) -> tuple[object, ...]:
         job.started_at,
         job.finished_at,
     )
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    """A job rebuilt from its row (on the event loop: it makes a future);
+    ``done`` is resolved if it is finished. ``JournalError`` for a row this
+    version cannot read."""
+    try:
+        return _job(row)
+    except (ValueError, TypeError, KeyError) as e:
+        raise JournalError(f"the journal holds a row this version cannot read: {e}") from e
 
 
 def _job(row: sqlite3.Row) -> Job:

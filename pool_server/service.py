@@ -69,7 +69,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         async with _status_on_error(context):
             payloads = list(request.payloads)  # each read of a protobuf bytes field is a copy
             _check_sizes(payloads)
-            jobs = self._tracker.submit(
+            jobs = await self._tracker.submit(
                 payloads,
                 retries=request.retries,
                 time_limit=request.time_limit_s or None,
@@ -84,7 +84,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobStatus:
         async with _status_on_error(context):
-            return _status(self._tracker.get(request.job_id))
+            return _status(await self._tracker.get(request.job_id))
 
     async def WatchJob(
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
@@ -97,10 +97,11 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobResult:
         async with _status_on_error(context):
-            job = self._tracker.get(request.job_id)
+            job = await self._tracker.get(request.job_id)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_budget(context)):
                     await asyncio.shield(job.done)
+                    await self._tracker.settled(job)  # answered once journaled, if it can be
             if job.state.finished and job.outcome is None and job.error is not None:
                 raise job.error
             return pool_pb2.JobResult(status=_status(job), outcome=job.outcome or b"")
@@ -109,21 +110,21 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobStatus:
         async with _status_on_error(context):
-            return _status(self._tracker.cancel(request.job_id))
+            return _status(await self._tracker.cancel(request.job_id))
 
     async def ListJobs(
         self, request: pool_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.ListJobsReply:
         async with _status_on_error(context):
             state = JobState.from_proto(request.state) if request.state else None
-            jobs = self._tracker.list(state, request.batch_id, request.limit)
+            jobs = await self._tracker.list_jobs(state, request.batch_id, request.limit)
             return pool_pb2.ListJobsReply(jobs=[_status(job) for job in jobs])
 
     async def GetBatch(
         self, request: pool_pb2.BatchRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.BatchStatus:
         async with _status_on_error(context):
-            counts = self._tracker.batch(request.batch_id)
+            counts = await self._tracker.batch(request.batch_id)
             finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
             return pool_pb2.BatchStatus(
                 batch_id=request.batch_id,
@@ -135,7 +136,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     async def _run(self, request: pool_pb2.RunRequest, budget: float | None) -> Job:
         payload = request.payload  # each read of a protobuf bytes field is a copy
         _check_sizes([payload])
-        job = Job(payload, max_attempts=request.retries + 1)
+        job = Job(payload, max_attempts=request.retries + 1, listeners=self._pool.job_listeners)
         queued = False
         try:
             async with asyncio.timeout(budget):

@@ -1,7 +1,8 @@
 """The worker pool: N slots, each a small state machine fed from one queue.
 
 Every slot has one consumer task that owns it (Rule 1: a slot's state
-changes only here, through ``_set_state``)::
+changes only here, through ``_set_state``, which announces each change to
+the pool's ``worker_listeners``)::
 
     DEAD -> STARTING -> IDLE -> BUSY -> IDLE ...
                |          |       |
@@ -12,7 +13,9 @@ changes only here, through ``_set_state``)::
 An idle consumer takes the next job only when its worker is ready for it, so
 no job sits pre-assigned to a busy worker. A worker that fails to start is
 retried with exponential backoff; one that dies while running a job is
-replaced at once, and only that job fails.
+replaced at once, and only that job fails. What becomes of a job (retry,
+fail, time out) is the job's own decision (``jobs.py``); the supervisor
+only tells it what happened and puts it back in the queue when it asks.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool_server.errors import CallError, JobCancelled, JobTimedOut, ShuttingDown, WorkerCrashed
-from pool_server.jobs import Job
+from pool_server.errors import CallError, ShuttingDown, WorkerCrashed
+from pool_server.events import Listeners
+from pool_server.jobs import Job, JobChange
 from pool_server.process import WorkerDied, WorkerProcess, WorkerStartError
 from pool_server.queue import JobQueue
 from pool_wire.names import JobState, WorkerState
-from pool_wire.protocol import JobOutcome, Progress, ResultStatus
+from pool_wire.protocol import Progress
 
 log = logging.getLogger("pool_server.supervisor")
 
@@ -70,6 +74,7 @@ class Worker:
     jobs_done: int = 0
     restarts: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    listeners: Listeners[WorkerChange] | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
@@ -84,17 +89,34 @@ class Worker:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerChange:
+    """A worker slot moved from ``old`` to its current state."""
+
+    worker: Worker
+    old: WorkerState
+
+
 def _set_state(worker: Worker, new: WorkerState) -> None:
-    if new not in _TRANSITIONS[worker.state]:
-        raise IllegalTransition(f"{worker!r}: {worker.state.value} -> {new.value}")
+    old = worker.state
+    if new not in _TRANSITIONS[old]:
+        raise IllegalTransition(f"{worker!r}: {old.value} -> {new.value}")
     worker.state = new
+    if worker.listeners is not None:
+        worker.listeners.announce(WorkerChange(worker, old))
 
 
 class WorkerPool:
-    """A fixed number of worker slots consuming one bounded job queue."""
+    """A fixed number of worker slots consuming one bounded job queue.
+
+    Jobs made for this pool carry its ``job_listeners``; its slots announce
+    their changes to ``worker_listeners``.
+    """
 
     def __init__(self, size: int, queue_size: int) -> None:
-        self.workers = [Worker(id=i) for i in range(1, size + 1)]
+        self.job_listeners: Listeners[JobChange] = Listeners("jobs")
+        self.worker_listeners: Listeners[WorkerChange] = Listeners("workers")
+        self.workers = [Worker(id=i, listeners=self.worker_listeners) for i in range(1, size + 1)]
         self.queue: JobQueue[Job] = JobQueue(queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = asyncio.Event()  # set: take no new jobs
@@ -121,8 +143,9 @@ class WorkerPool:
         """
         self._draining.set()
         for job in self.queue.snapshot():
-            if not job.durable:
-                self.cancel(job, ShuttingDown("the server is stopping; the call did not start"))
+            job.abandoned(ShuttingDown("the server is stopping; the call did not start"))
+            if job.state.finished:
+                self.queue.discard(job)
         running = [w.job.done for w in self.workers if w.job is not None]
         if running:
             log.info("giving %d running jobs up to %.3g s to finish", len(running), grace_s)
@@ -130,18 +153,16 @@ class WorkerPool:
             await asyncio.wait([*running, hurried], timeout=grace_s)
             hurried.cancel()
         for worker in self.workers:
-            if worker.job is not None and not worker.job.durable:
+            if worker.job is not None:
                 message = f"the server stopped before the call finished (--grace {grace_s:g} s)"
-                self.cancel(worker.job, ShuttingDown(message))
+                worker.job.abandoned(ShuttingDown(message))
 
     def cancel(self, job: Job, error: CallError | None = None) -> None:
-        """Finish ``job`` as CANCELLED: drop it if queued; if it runs, its
-        consumer sees it finish and stops the worker. A no-op once finished."""
-        if job.state.finished:
-            return
-        self.queue.discard(job)
-        job.error = error or JobCancelled(f"job {job.id} was cancelled")
-        job.transition(JobState.CANCELLED)
+        """Cancel ``job``: dropped if queued; if it runs, its consumer sees it
+        finish and stops the worker. A no-op once finished."""
+        if not job.state.finished:
+            self.queue.discard(job)
+            job.cancel(error)
 
     async def _serve(self, worker: Worker) -> None:
         """Keep one slot staffed: start a worker, feed it, replace it, forever."""
@@ -169,11 +190,13 @@ class WorkerPool:
         try:
             died_idle = await self._run_jobs(worker, process)
         except asyncio.CancelledError:
-            _fail_job(worker, ShuttingDown("the server stopped while the call ran"))
+            if worker.job is not None:
+                worker.job.abandoned(ShuttingDown("the server stopped while the call ran"))
             raise
         except Exception as e:
             log.exception("supervisor error on %r; replacing its worker", worker)
-            _fail_job(worker, CallError(f"internal error in the pool-server supervisor: {e!r}"))
+            if worker.job is not None:
+                worker.job.failed(CallError(f"internal error in the pool-server supervisor: {e!r}"))
             if worker.state in (WorkerState.IDLE, WorkerState.BUSY):
                 _set_state(worker, WorkerState.STOPPING)
             await process.kill()
@@ -215,65 +238,38 @@ class WorkerPool:
                 return True
             if job.state is not JobState.QUEUED:  # cancelled while it waited
                 continue
-            _set_state(worker, WorkerState.BUSY)
-            job.worker_id, job.worker_pid = worker.id, process.pid
-            job.transition(JobState.RUNNING)
-            worker.job = job
-            try:
-                sent = await process.send(
-                    job.id, job.payload, functools.partial(_record_progress, job)
-                )
-                if job.max_attempts == 1 and not job.durable:
-                    job.payload = b""  # nothing will send it again: let a large one go
-                reply = await process.outcome(sent, job.done, job.time_limit)
-            except WorkerDied:
-                _set_state(worker, WorkerState.DEAD)
-                await self._crashed(worker, process, job)
+            if not await self._run_one(worker, process, job):
                 return False
-            if reply is None:  # cancelled, or past its time limit: the worker must go
-                _set_state(worker, WorkerState.STOPPING)
-                self._stop_running(job)
-                await process.kill()
-                return False
-            self._answered(job, reply)
-            worker.jobs_done += 1
-            worker.job = None
-            _set_state(worker, WorkerState.IDLE)
 
-    def _answered(self, job: Job, reply: JobOutcome) -> None:
-        if job.state.finished:  # cancelled just as the answer came
-            return
-        job.outcome = reply.outcome
-        if reply.status is ResultStatus.OK:
-            job.transition(JobState.DONE)
-        elif reply.status is ResultStatus.RETRY and job.attempts_left:
-            self._retry(job, "it raised an exception listed in retry_on")
-        else:
-            job.transition(JobState.FAILED)
-
-    def _stop_running(self, job: Job) -> None:
-        if job.state.finished:
-            log.info("job %s cancelled; stopping worker %d", job.id, job.worker_id)
-            return
-        job.error = JobTimedOut(
-            f"job {job.id} ran past its {job.time_limit:.3g} s time limit on worker "
-            f"{job.worker_id}; the worker was stopped and replaced"
-        )
-        log.warning("%s", job.error)
-        job.transition(JobState.TIMED_OUT)
-
-    def _retry(self, job: Job, why: str) -> None:
-        log.info(
-            "job %s attempt %d of %d interrupted (%s); re-queued",
-            job.id,
-            job.attempts,
-            job.max_attempts,
-            why,
-        )
-        job.outcome = job.error = None  # this attempt's answer is not the job's
-        job.transition(JobState.INTERRUPTED)
-        job.transition(JobState.QUEUED)
-        self.queue.requeue(job)
+    async def _run_one(self, worker: Worker, process: WorkerProcess, job: Job) -> bool:
+        """Run one job; False if its worker is gone or must be replaced."""
+        _set_state(worker, WorkerState.BUSY)
+        job.start(worker.id, process.pid)
+        worker.job = job
+        try:
+            sent = await process.send(job.id, job.payload, functools.partial(_progressed, job))
+            if job.max_attempts == 1:
+                # Nothing in this server's life sends it again (a durable job's
+                # is in the journal): let a large payload go.
+                job.payload = b""
+            reply = await process.outcome(sent, job.done, job.time_limit)
+        except WorkerDied:
+            _set_state(worker, WorkerState.DEAD)
+            await self._crashed(worker, process, job)
+            return False
+        if reply is None:  # cancelled, or past its time limit: the worker must go
+            _set_state(worker, WorkerState.STOPPING)
+            if job.state.finished:
+                log.info("job %s cancelled; stopping worker %d", job.id, worker.id)
+            job.timed_out()  # unless it was cancelled
+            await process.kill()
+            return False
+        if job.answered(reply.status, reply.outcome):
+            self.queue.requeue(job)
+        worker.jobs_done += 1
+        worker.job = None
+        _set_state(worker, WorkerState.IDLE)
+        return True
 
     async def _next_job(self, process: WorkerProcess) -> Job | None:
         """The next job, or ``None`` if the idle worker died while waiting."""
@@ -290,26 +286,18 @@ class WorkerPool:
         how = process.describe_exit(code)
         message = f"worker {worker.id} (pid {process.pid}) {how} while running job {job.id}"
         log.warning("%s", message)
-        if job.state.finished:
-            return
-        if job.attempts_left:
-            self._retry(job, message)
-            return
-        job.error = WorkerCrashed(
-            f"{message}; the call did not finish and the worker was restarted",
-            worker.id,
-            code,
+        error = WorkerCrashed(
+            f"{message}; the call did not finish and the worker was restarted", worker.id, code
         )
-        job.transition(JobState.FAILED)
+        if job.crashed(error):
+            self.queue.requeue(job)
 
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         while (job := self.queue.get_nowait()) is not None:
-            if not job.durable:  # durable jobs stay QUEUED in the journal for the next start
-                job.error = ShuttingDown("the server stopped before the call ran")
-                job.transition(JobState.FAILED)
+            job.abandoned(ShuttingDown("the server stopped before the call ran"))
         async with asyncio.TaskGroup() as tg:
             for worker in self.workers:
                 if worker.process is None:
@@ -320,18 +308,8 @@ class WorkerPool:
                     tg.create_task(worker.process.kill())  # busy past the grace
 
 
-def _fail_job(worker: Worker, error: CallError) -> None:
-    """Fail the job a worker holds when its consumer itself goes away."""
-    job = worker.job
-    if job is None or job.state.finished or (job.durable and isinstance(error, ShuttingDown)):
-        return  # a durable job stays RUNNING in the journal: INTERRUPTED at the next start
-    job.error = error
-    job.transition(JobState.FAILED)
-
-
-def _record_progress(job: Job, progress: Progress) -> None:
-    job.progress, job.message = progress.fraction, progress.message
-    job.notify()
+def _progressed(job: Job, progress: Progress) -> None:
+    job.progressed(progress.fraction, progress.message)
 
 
 @contextlib.asynccontextmanager

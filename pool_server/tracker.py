@@ -1,10 +1,14 @@
 """Durable jobs: submit, look up, cancel, list, batches, recovery, expiry.
 
-Live jobs (not yet finished) are kept in memory and journaled on every
-change of state; finished ones are read back from the journal until
-``--result-ttl`` passes. At start-up, what the journal says was QUEUED is
-queued again, and what was RUNNING or INTERRUPTED has been interrupted by
-the stop: it is re-queued if it has attempts left, else FAILED.
+Live jobs (not yet finished, or finished but not yet journaled as such) are
+kept in memory; the tracker listens to every job's changes and hands those
+of durable jobs to the journal's writer thread. Finished, journaled jobs
+are read back from the journal until ``--result-ttl`` passes. At start-up,
+each unfinished job in the journal is told it was interrupted
+(:meth:`Job.interrupted`) and decides whether it runs again.
+
+Every journal error reaches the caller as :class:`JournalUnavailable`, a
+gRPC status whose message says what to do.
 """
 
 from __future__ import annotations
@@ -12,17 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
-from pool_server.errors import (
-    InvalidCall,
-    JobInterrupted,
-    JobNotFound,
-    JournalUnavailable,
-    QueueFull,
-)
-from pool_server.jobs import Job, new_job_id
-from pool_server.journal import BatchCounts, Journal, JournalError
+from pool_server.errors import InvalidCall, JobNotFound, JournalUnavailable, QueueFull
+from pool_server.jobs import Job, JobChange, new_job_id
+from pool_server.journal import BatchCounts, JournalError
+from pool_server.journal_writer import JournalWriter
 from pool_server.supervisor import WorkerPool
 from pool_wire.names import JobState
 
@@ -33,34 +33,37 @@ EXPIRY_INTERVAL_S = 60.0
 
 DEFAULT_LIST_LIMIT = 100
 
+T = TypeVar("T")
+
 
 class JobTracker:
-    def __init__(self, pool: WorkerPool, journal: Journal, result_ttl: float) -> None:
+    def __init__(self, pool: WorkerPool, journal: JournalWriter, result_ttl: float) -> None:
         self._pool = pool
         self._journal = journal
         self._result_ttl = result_ttl
         self._live: dict[str, Job] = {}
+        self._reserved = 0  # queue places held by submits waiting for their commit
+        # Finished jobs whose end is not journaled yet: resolved once it is,
+        # or once journaling it failed (the job is then answered from memory).
+        self._unsettled: dict[str, asyncio.Future[None]] = {}
+        pool.job_listeners.add(self._journal_change)
+        journal.on_commit = self._journaled
 
-    def recover(self) -> None:
-        """Queue again what the journal says was unfinished at the last stop."""
-        expired = self._journal.expire(time.time() - self._result_ttl)
+    async def recover(self) -> None:
+        """Queue again what the journal says was unfinished at the last stop.
+
+        Raises :class:`JournalError` if the journal cannot be read.
+        """
+        expired = await self._journal.expire(time.time() - self._result_ttl)
         requeued = failed = 0
-        for job in self._journal.unfinished():
-            self._track(job)
-            if job.state is JobState.RUNNING:
-                job.transition(JobState.INTERRUPTED)
-            if job.state is JobState.INTERRUPTED:
-                if not job.attempts_left:
-                    job.error = JobInterrupted(
-                        f"the server stopped while job {job.id} ran its last attempt "
-                        f"({job.attempts} of {job.max_attempts})"
-                    )
-                    job.transition(JobState.FAILED)
-                    failed += 1
-                    continue
-                job.transition(JobState.QUEUED)
-            self._pool.queue.put_nowait(job)
-            requeued += 1
+        for job in await self._journal.unfinished():
+            job.listeners = self._pool.job_listeners
+            self._live[job.id] = job
+            if job.interrupted():
+                self._pool.queue.put_nowait(job)
+                requeued += 1
+            else:
+                failed += 1
         log.info(
             "journal %s: %d jobs queued again, %d failed (no attempts left), %d expired",
             self._journal.path,
@@ -69,7 +72,7 @@ class JobTracker:
             expired,
         )
 
-    def submit(
+    async def submit(
         self,
         payloads: list[bytes],
         *,
@@ -86,11 +89,12 @@ class JobTracker:
             raise InvalidCall("item_counts needs one count of at least 1 per payload")
         if time_limit is not None and time_limit < 0:
             raise InvalidCall(f"time limit must be 0 (none) or more seconds, got {time_limit}")
-        room = self._pool.queue.maxsize - len(self._pool.queue)
+        queue = self._pool.queue
+        room = queue.maxsize - len(queue) - self._reserved
         if len(payloads) > room:
             raise QueueFull(
-                f"{len(payloads)} jobs do not fit: the queue holds {len(self._pool.queue)} of "
-                f"{self._pool.queue.maxsize}; submit fewer at a time, retry later, or start "
+                f"{len(payloads)} jobs do not fit: the queue holds {len(queue)} of "
+                f"{queue.maxsize}; submit fewer at a time, retry later, or start "
                 "the server with a larger --queue-size"
             )
         jobs = [
@@ -103,20 +107,30 @@ class JobTracker:
                 batch_id=batch_id,
                 name=name,
                 items=items,
+                listeners=self._pool.job_listeners,
             )
             for payload, items in zip(payloads, item_counts or [1] * len(payloads), strict=True)
         ]
-        try:
-            self._journal.add(jobs)
-        except JournalError as e:
-            raise JournalUnavailable(f"the jobs were not submitted: {e}") from e
-        for job in jobs:
-            self._track(job)
-            self._pool.queue.put_nowait(job)
+        # Once committed the jobs must be queued, even if the caller has gone.
+        await asyncio.shield(asyncio.ensure_future(self._admit(jobs)))
         return jobs
 
-    def get(self, job_id: str) -> Job:
-        job = self._live.get(job_id) or self._journal.get(job_id)
+    async def _admit(self, jobs: list[Job]) -> None:
+        self._reserved += len(jobs)
+        try:
+            await self._journal.add(jobs)
+        except JournalError as e:
+            raise JournalUnavailable(f"the jobs were not submitted: {e}") from e
+        finally:
+            self._reserved -= len(jobs)
+        for job in jobs:
+            self._live[job.id] = job
+            self._pool.queue.put_nowait(job)
+
+    async def get(self, job_id: str) -> Job:
+        job = self._live.get(job_id)
+        if job is None:
+            job = await _translated(self._journal.get(job_id))
         if job is None:
             raise JobNotFound(
                 f"no job {job_id!r} on this server: never submitted here, or finished more "
@@ -124,24 +138,33 @@ class JobTracker:
             )
         return job
 
-    def cancel(self, job_id: str) -> Job:
-        job = self.get(job_id)
+    async def settled(self, job: Job) -> None:
+        """Wait until a finished job's end is journaled (or failed to be: then
+        it is kept in memory, retried, and answered from there)."""
+        pending = self._unsettled.get(job.id)
+        if pending is not None:
+            await asyncio.shield(pending)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.get(job_id)
         self._pool.cancel(job)
         return job
 
-    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
-        jobs = self._journal.list(state, batch_id, limit or DEFAULT_LIST_LIMIT)
+    async def list_jobs(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
+        jobs = await _translated(
+            self._journal.list_jobs(state, batch_id, limit or DEFAULT_LIST_LIMIT)
+        )
         return [self._live.get(job.id, job) for job in jobs]  # live ones carry progress
 
-    def batch(self, batch_id: str) -> BatchCounts:
-        counts = self._journal.batch(batch_id)
+    async def batch(self, batch_id: str) -> BatchCounts:
+        counts = await _translated(self._journal.batch(batch_id))
         if not counts.total:
             raise JobNotFound(f"no batch {batch_id!r} on this server")
         return counts
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         """The job now, then after every change, until it is finished."""
-        job = self.get(job_id)
+        job = await self.get(job_id)
         while True:
             changed = job.next_change()
             yield job
@@ -150,28 +173,49 @@ class JobTracker:
             await asyncio.shield(changed)  # shared by every watcher of this job
 
     async def expire_forever(self) -> None:
+        """Delete finished jobs past their TTL now and then; an error is logged
+        and the next round tries again."""
         interval = min(EXPIRY_INTERVAL_S, max(self._result_ttl / 2, 1.0))
         while True:
             await asyncio.sleep(interval)
-            expired = self._journal.expire(time.time() - self._result_ttl)
+            try:
+                expired = await self._journal.expire(time.time() - self._result_ttl)
+            except JournalError as e:
+                log.error("expiring old jobs failed; trying again in %.0f s: %s", interval, e)
+                continue
+            except Exception:
+                log.exception("expiring old jobs failed; trying again in %.0f s", interval)
+                continue
             if expired:
                 log.info("forgot %d jobs finished more than %.0f s ago", expired, self._result_ttl)
 
-    def _track(self, job: Job) -> None:
-        job.on_transition = self._journal_transition
-        self._live[job.id] = job
+    def _journal_change(self, change: JobChange) -> None:
+        job = change.job
+        if not job.durable:
+            return
+        self._journal.save(job)
+        if job.state.finished and job.id not in self._unsettled:
+            self._unsettled[job.id] = asyncio.get_running_loop().create_future()
 
-    def _journal_transition(self, job: Job) -> None:
-        try:
-            self._journal.save(job)
-        except JournalError as e:
-            # The job goes on in memory: failing it, or the worker slot running
-            # it, would lose more than the journal already has.
-            log.error(
-                "could not journal job %s becoming %s: %s; a restart now would not know it",
-                job.id,
-                job.state.value,
-                e,
-            )
-        if job.state.finished:
-            self._live.pop(job.id, None)
+    def _journaled(self, committed: list[tuple[str, JobState]], failed: list[str]) -> None:
+        """The journal writer's report: finished jobs journaled as such leave
+        memory; waiters on those that failed are answered from memory."""
+        for job_id, state in committed:
+            if state.finished:
+                self._live.pop(job_id, None)
+                _resolve(self._unsettled.pop(job_id, None))
+        for job_id in failed:
+            _resolve(self._unsettled.get(job_id))
+
+
+def _resolve(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+async def _translated(read: Awaitable[T]) -> T:
+    """A journal read, its error made a status a client can act on."""
+    try:
+        return await read
+    except JournalError as e:
+        raise JournalUnavailable(str(e)) from e
