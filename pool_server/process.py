@@ -2,13 +2,16 @@
 
 This module does the I/O with a single ``python -m worker_proc`` process and
 reports what happened; deciding what to do about it (restart, fail the job)
-is the supervisor's job. Both pipes from the worker are always drained: a
-full, unread 64 KiB stderr pipe would block the worker forever.
+is the supervisor's job. Both pipes from the worker are drained from the
+moment it is spawned, READY handshake included: an unread stderr pipe would
+block a worker that is noisy while it starts until the READY timeout, and one
+that is noisy later forever (issue 8).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -26,7 +29,6 @@ from pool_wire.protocol import (
     Progress,
     ProtocolError,
     Ready,
-    decode_line,
     encode_parts,
 )
 
@@ -50,6 +52,11 @@ PIPE_DRAIN_TIMEOUT_S = 1.0
 # stderr is read in chunks and logged per line; longer lines are cut here.
 STDERR_CHUNK_BYTES = 64 * 1024
 
+# A worker that dies before READY is described by the end of its stderr
+# (all of which is in the log): enough for a traceback's last frames.
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_CHARS = 2000
+
 # The protocol channel is read this much at a time; at most twice this is
 # buffered before the worker is made to wait (asyncio's StreamReader limit).
 STDOUT_CHUNK_BYTES = 256 * 1024
@@ -66,7 +73,7 @@ class WorkerDied(Exception):
 
 
 class WorkerProcess:
-    """A started worker that has said READY."""
+    """A started worker that has said READY (see :meth:`start`)."""
 
     def __init__(self, worker_id: int, proc: asyncio.subprocess.Process) -> None:
         self.worker_id = worker_id
@@ -76,15 +83,18 @@ class WorkerProcess:
         self._reply: asyncio.Future[JobOutcome] | None = None
         self._on_progress: Callable[[Progress], None] | None = None
         self.protocol_error: str | None = None  # why we gave up on it, if it broke the protocol
-        # Both pipes are read for the whole life of the process.
-        self._stdout_reader = asyncio.ensure_future(self._read_stdout())
-        self._stderr_reader = asyncio.ensure_future(self._read_stderr())
+        loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[Ready] = loop.create_future()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         # Done when the worker exits or closes its protocol channel, whichever
         # comes first: a child it forked may hold the pipe open after it died.
+        # Set in the same step as the last reply, so no job follows a broken line.
+        self.gone: asyncio.Future[None] = loop.create_future()
+        # Both pipes are read for the whole life of the process, from spawn.
+        self._stdout_reader = asyncio.ensure_future(self._read_stdout())
+        self._stderr_reader = asyncio.ensure_future(self._read_stderr())
         self._exited = asyncio.ensure_future(self._proc.wait())
-        self.gone = asyncio.ensure_future(
-            asyncio.wait((self._stdout_reader, self._exited), return_when="FIRST_COMPLETED")
-        )
+        self._exited.add_done_callback(lambda _: self._mark_gone())
 
     def __repr__(self) -> str:
         return f"<WorkerProcess worker={self.worker_id} pid={self.pid} rc={self._proc.returncode}>"
@@ -102,13 +112,29 @@ class WorkerProcess:
             )
         except OSError as e:  # out of file descriptors, processes or memory
             raise WorkerStartError(f"cannot spawn {WORKER_COMMAND}: {e}") from e
+        process = cls(worker_id, proc)
         try:
-            await _handshake(proc)
+            await process._handshake()
         except BaseException:
             _signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
+            await process._close()
             raise
-        return cls(worker_id, proc)
+        return process
+
+    async def _handshake(self) -> None:
+        """Wait for READY, which the stdout reader checks and hands over."""
+        await _first_done((self._ready, self.gone), READY_TIMEOUT_S)
+        if self.protocol_error is not None:  # before READY, or right after it
+            raise WorkerStartError(f"broke the line protocol: {self.protocol_error}")
+        if self._ready.done():
+            return
+        if not self.gone.done():
+            raise WorkerStartError(f"no READY within {READY_TIMEOUT_S:.0f} s")
+        code = await self.exit_code()
+        await _first_done((self._stderr_reader,), PIPE_DRAIN_TIMEOUT_S)
+        stderr = "\n".join(self._stderr_tail)[-STDERR_TAIL_CHARS:]
+        raise WorkerStartError(f"{self.describe_exit(code)} before READY: {stderr}")
 
     async def send(
         self, job_id: str, payload: bytes, on_progress: Callable[[Progress], None]
@@ -219,13 +245,23 @@ class WorkerProcess:
         for reader in pending:
             reader.cancel()
 
+    def _mark_gone(self) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
+
     async def _read_stdout(self) -> None:
         assert self._proc.stdout is not None
         reader = LineReader()
         try:
             while chunk := await self._proc.stdout.read(STDOUT_CHUNK_BYTES):
-                for message in reader.feed(chunk):
-                    self._handle(message)
+                try:
+                    messages = reader.feed(chunk)
+                except ProtocolError as e:
+                    # What came before the broken line arrived whole: a RESULT
+                    # there answers its job although the worker must go.
+                    self._handle_all(e.messages)
+                    raise
+                self._handle_all(messages)
         except ProtocolError as e:
             self.protocol_error = str(e)
             log.error("worker %d (pid %d) broke the protocol: %s", self.worker_id, self.pid, e)
@@ -233,8 +269,16 @@ class WorkerProcess:
         finally:
             if self._reply is not None and not self._reply.done():
                 self._reply.set_exception(WorkerDied())
+            self._mark_gone()
+
+    def _handle_all(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._handle(message)
 
     def _handle(self, message: Message) -> None:
+        if not self._ready.done():
+            self._handle_ready(message)
+            return
         if isinstance(message, Progress):
             if self._on_progress is not None and message.job_id == self._job_id:
                 self._on_progress(message)
@@ -246,6 +290,16 @@ class WorkerProcess:
             log.debug("worker %d: ignoring outcome of job %s", self.worker_id, message.job_id)
             return
         self._reply.set_result(message)
+
+    def _handle_ready(self, message: Message) -> None:
+        if not isinstance(message, Ready):
+            raise ProtocolError(f"expected READY, got a {type(message).__name__} line")
+        if message.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"the worker speaks protocol version {message.version}, this server "
+                f"{PROTOCOL_VERSION}: is another version of worker_proc first on its path?"
+            )
+        self._ready.set_result(message)
 
     async def _read_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -262,6 +316,7 @@ class WorkerProcess:
 
     def _log_stderr(self, line: bytes) -> None:
         text = line.decode(errors="replace").rstrip()
+        self._stderr_tail.append(text)
         log.warning("worker %d (pid %d): %s", self.worker_id, self.pid, text)
 
 
@@ -286,28 +341,6 @@ async def _first_done(futures: tuple[asyncio.Future[Any], ...], limit_s: float |
             timer.cancel()
         for future in futures:
             future.remove_done_callback(on_done)
-
-
-async def _handshake(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_S):
-            line = await proc.stdout.readline()
-    except TimeoutError:
-        raise WorkerStartError(f"no READY within {READY_TIMEOUT_S:.0f} s") from None
-    except ValueError:  # a first line longer than the reader's limit
-        raise WorkerStartError("expected READY, got an endless line") from None
-    if not line:
-        assert proc.stderr is not None
-        stderr = (await proc.stderr.read(STDERR_CHUNK_BYTES)).decode(errors="replace")
-        code = await proc.wait()
-        raise WorkerStartError(f"exited with code {code} before READY: {stderr.strip()[-2000:]}")
-    try:
-        message = decode_line(line)
-    except ProtocolError as e:
-        raise WorkerStartError(str(e)) from e
-    if not isinstance(message, Ready) or message.version != PROTOCOL_VERSION:
-        raise WorkerStartError(f"expected READY <pid> {PROTOCOL_VERSION}, got {line[:80]!r}")
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

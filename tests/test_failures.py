@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
 
 from distribute_client import (
@@ -22,6 +24,17 @@ from distribute_client import (
     WorkerCrashedError,
     compute_this,
 )
+from pool_wire.payload import CallOutcome, OutcomeStatus, dumps
+from pool_wire.protocol import (
+    PROTOCOL_VERSION,
+    JobOutcome,
+    JobRequest,
+    Ready,
+    ResultStatus,
+    decode_line,
+    encode,
+)
+from worker_proc.__main__ import EXIT_PROTOCOL_ERROR
 
 from .conftest import ServerProcess, StartServer, all_idle, pid_alive, wait_until
 
@@ -330,3 +343,59 @@ def test_worker_dying_while_a_large_job_is_sent_fails_only_that_call(
         assert compute_this(server.address, timeout=60)(echo)(1).compute() == 1
     finally:
         os.kill(holder, signal.SIGKILL)
+
+
+def worker_local(name: str) -> Any:
+    """A local variable of the worker's main loop, found up the stack."""
+    frame = sys._getframe(1)
+    while name not in frame.f_locals or frame.f_code.co_filename == __file__:
+        assert frame.f_back is not None, f"no {name} up the stack"
+        frame = frame.f_back
+    return frame.f_locals[name]
+
+
+def answer_then_break_the_protocol(x: int) -> int:
+    """Write this job's RESULT (x * 2), then garbage, to the worker's private
+    protocol channel in one write, as a stray write to the wrong fd might;
+    then wait for the server to kill the worker for it."""
+    job_id, channel = worker_local("job_id"), worker_local("protocol_out")
+    value = cloudpickle.dumps(x * 2)
+    outcome = dumps(CallOutcome(OutcomeStatus.RETURNED, value, None, "", "", time.time(), 0.0))
+    line = encode(JobOutcome(job_id, ResultStatus.OK, outcome))
+    os.write(channel.fileno(), line + b"garbage\n")
+    time.sleep(60)
+    return -1
+
+
+def test_result_before_a_broken_line_answers_the_call(server: ServerProcess) -> None:
+    """A RESULT followed by a broken line in one read: the worker is replaced
+    for breaking the protocol, but its RESULT arrived whole and answers the
+    call, and the pool keeps its size."""
+    wait_until(all_idle(server, 2), 30, "both workers idle")
+    restarts = total_restarts(server)
+    remote = compute_this(server.address, timeout=30)(answer_then_break_the_protocol)
+    assert remote(21).compute() == 42
+    wait_until(lambda: total_restarts(server) == restarts + 1, 30, "the worker to be replaced")
+    wait_until(all_idle(server, 2), 30, "both workers idle again")
+    assert "broke the protocol: unknown line kind b'garbage'" in server.log()
+    assert [compute_this(server.address)(echo)(i).compute() for i in range(4)] == [0, 1, 2, 3]
+
+
+def test_worker_answers_the_jobs_before_a_broken_line_then_exits(tmp_path: Path) -> None:
+    """The worker runs the jobs that arrived whole before a broken line, answers
+    them, then exits with its protocol-error code and says why on stderr."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker_proc"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    call = b'{"function": "builtins:len", "args": ["four"]}'
+    out, err = worker.communicate(encode(JobRequest("j1", call)) + b"NOPE\n", timeout=60)
+    ready, result = out.splitlines(keepends=True)
+    assert decode_line(ready) == Ready(worker.pid, PROTOCOL_VERSION)
+    answer = decode_line(result)
+    assert isinstance(answer, JobOutcome) and answer.job_id == "j1"
+    assert json.loads(answer.outcome)["value"] == 4
+    assert worker.returncode == EXIT_PROTOCOL_ERROR
+    assert b"unknown line kind b'NOPE'" in err

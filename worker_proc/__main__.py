@@ -4,6 +4,11 @@ Before any user code runs, the protocol moves off fds 0 and 1 onto private
 descriptors: fd 0 becomes /dev/null and fd 1 a copy of fd 2 (the worker's
 stderr, which the server logs). A function that prints, calls
 ``os.write(1, ...)`` or reads stdin therefore cannot corrupt the protocol.
+
+The server never sends a broken line; if one comes anyway, the jobs that
+arrived whole before it in the same read are run and answered (the server
+awaits them), then the worker exits with ``EXIT_PROTOCOL_ERROR``, since
+nothing after the break can be trusted.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from tblib import pickling_support
@@ -52,22 +58,31 @@ def main() -> int:
     write(Ready(os.getpid(), PROTOCOL_VERSION))
     reader = LineReader()
     while chunk := os.read(protocol_in, READ_CHUNK_BYTES):
+        broken = None
         try:
             messages = reader.feed(chunk)
         except ProtocolError as e:
-            sys.stderr.write(f"worker {os.getpid()}: {e}\n")
+            broken, messages = e, e.messages
+        error = _run_jobs(messages, write) or broken
+        if error is not None:
+            sys.stderr.write(f"worker {os.getpid()}: {error}\n")
             return EXIT_PROTOCOL_ERROR
-        while messages:
-            message = messages.pop(0)
-            if not isinstance(message, JobRequest):
-                sys.stderr.write(f"worker {os.getpid()}: unexpected {type(message).__name__}\n")
-                return EXIT_PROTOCOL_ERROR
-            job_id = message.job_id
-            with reporting(job_id, write):
-                status, outcome = run_payload(message.payload)
-            del message  # let a large payload go before its outcome is written
-            write(JobOutcome(job_id, status, outcome))
     return 0  # EOF on the protocol channel: the server is done with us
+
+
+def _run_jobs(messages: list[Message], write: Callable[[Message], None]) -> str | None:
+    """Run and answer each job in turn; at a message that is not a job, stop
+    and say what it was."""
+    while messages:
+        message = messages.pop(0)
+        if not isinstance(message, JobRequest):
+            return f"unexpected {type(message).__name__} line"
+        job_id = message.job_id
+        with reporting(job_id, write):
+            status, outcome = run_payload(message.payload)
+        del message  # let a large payload go before its outcome is written
+        write(JobOutcome(job_id, status, outcome))
+    return None
 
 
 def _claim_protocol_fds() -> tuple[int, BinaryIO]:
