@@ -2,17 +2,25 @@
 
 A payload is one of two formats, told apart by its first byte:
 
-- a pickle (``0x80``): :class:`CallRequest`, built by ``distribute_client``.
-  The worker answers with a pickled :class:`CallOutcome`. User objects (the
-  function, its arguments, the return value, a raised exception) are pickled
-  separately with cloudpickle, so one of them failing to (un)pickle is
-  reported precisely instead of losing the call. Large ones travel out of
-  band (pickle protocol 5), after the message's own pickle::
+- a pickled message (``0x89``): :class:`CallRequest`, built by
+  ``distribute_client``. The worker answers with a pickled
+  :class:`CallOutcome`. User objects (the function, its arguments, the
+  return value, a raised exception) are pickled separately with cloudpickle,
+  so one of them failing to (un)pickle is reported precisely instead of
+  losing the call. Large ones travel out of band (pickle protocol 5), after
+  the message's own pickle::
 
-      <message pickle> <buffer 1> ... <buffer n> <their n + 1 lengths> <n + 1>
+      b"\x89PLD" <version> <message pickle> <buffer 1> ... <buffer n>
+      <their n + 1 lengths> <n + 1>
 
-  (lengths and count as 8-byte big-endian integers), so the reader unpickles
-  them from views of the payload, not from copies.
+  (the version as a 4-byte, lengths and count as 8-byte big-endian
+  integers), so the reader unpickles them from views of the payload, not
+  from copies. A reader refuses any version but :data:`FORMAT_VERSION` with
+  an error that names both: a payload outlives the process that made it (a
+  durable job waits in the journal across an upgrade), and "not a pickle of
+  this version" is no help to the person who must run one version on both
+  sides. Payloads from before versions existed start with the pickle itself
+  (``0x80``) and are named as such.
 - JSON (``{``): :class:`JsonCall`, ``{"function": "module:name", "args": [...],
   "kwargs": {...}}``, for shells and non-Python clients. The worker answers
   in JSON too (see :func:`json_outcome`).
@@ -33,7 +41,14 @@ from typing import Any, SupportsIndex
 # worth the bookkeeping.
 OUT_OF_BAND_BYTES = 64 * 1024
 
+# The pickled format's version: bump it whenever a message's fields or the
+# framing change, so old payloads are refused by name rather than misread.
+FORMAT_VERSION = 1
+
+_MAGIC = b"\x89PLD"  # not ASCII, so never taken for JSON or text
+_HEADER = struct.Struct(">4sI")  # magic, version
 _LENGTH = struct.Struct(">Q")
+_UNVERSIONED = b"\x80"  # pickle's first opcode: a payload from before versions
 
 
 class OutcomeStatus(enum.Enum):
@@ -118,32 +133,54 @@ class BatchOutcome:
 
 
 def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> bytes:
-    """The message's pickle, then its out-of-band buffers, then their lengths."""
+    """The header, the message's pickle, its out-of-band buffers, their lengths."""
     buffers: list[pickle.PickleBuffer] = []
     head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
     parts: list[bytes | memoryview] = [head, *(buffer.raw() for buffer in buffers)]
     count = len(parts)
     trailer = struct.pack(f">{count + 1}Q", *(len(part) for part in parts), count)
-    return b"".join([*parts, trailer])
+    return b"".join([_HEADER.pack(_MAGIC, FORMAT_VERSION), *parts, trailer])
 
 
-def _loads(data: bytes) -> object:
-    """Undo :func:`dumps`; its big fields come back as views of ``data``."""
+def _loads(data: bytes, reader: str, writer: str) -> object:
+    """Undo :func:`dumps`; its big fields come back as views of ``data``.
+
+    ``reader`` and ``writer`` name the sides, for the error about a payload
+    of another version: "this worker" reads what "distribute_client" wrote.
+    """
     view = memoryview(data)
-    if len(view) < _LENGTH.size:
+    _check_version(view, reader, writer)
+    if len(view) < _HEADER.size + _LENGTH.size:
         raise ValueError("not a pickled message: too short")
     (count,) = _LENGTH.unpack(view[-_LENGTH.size :])
     trailer_size = _LENGTH.size * (count + 1)
-    if count < 1 or trailer_size > len(data):
-        raise ValueError("not a pickled message of this version: no valid trailer")
+    if count < 1 or _HEADER.size + trailer_size > len(data):
+        raise ValueError("not a pickled message: no valid trailer")
     lengths = struct.unpack(f">{count}Q", view[len(data) - trailer_size : -_LENGTH.size])
-    if sum(lengths) + trailer_size != len(data):
+    if _HEADER.size + sum(lengths) + trailer_size != len(data):
         raise ValueError("not a pickled message: its lengths do not add up")
-    parts, start = [], 0
+    parts, start = [], _HEADER.size
     for length in lengths:
         parts.append(view[start : start + length])
         start += length
     return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def _check_version(view: memoryview, reader: str, writer: str) -> None:
+    advice = "run the same version on the client and the server"
+    if view[:1] == _UNVERSIONED:
+        raise ValueError(
+            f"payload without a format version, made by a {writer} from before payload "
+            f"versions existed, but this {reader} reads version {FORMAT_VERSION}; {advice}"
+        )
+    if len(view) < _HEADER.size or view[: len(_MAGIC)] != _MAGIC:
+        raise ValueError(f"not a pickled message: it starts {bytes(view[:8])!r}")
+    _, version = _HEADER.unpack(view[: _HEADER.size])
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"payload format version {version}, but this {reader} reads version "
+            f"{FORMAT_VERSION}: it was made by another version of {writer}; {advice}"
+        )
 
 
 def _pickleable(protocol: SupportsIndex, *fields: Pickled) -> list[bytes | pickle.PickleBuffer]:
@@ -171,7 +208,7 @@ def loads_request(data: bytes) -> CallRequest | BatchRequest | JsonCall:
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise ValueError('"args" must be a JSON array and "kwargs" a JSON object')
         return JsonCall(call["function"], args, kwargs)
-    message = _loads(data)
+    message = _loads(data, "worker", "distribute_client")
     if not isinstance(message, CallRequest | BatchRequest):
         raise TypeError(f"expected a CallRequest, got {type(message).__name__}")
     return message
@@ -179,7 +216,7 @@ def loads_request(data: bytes) -> CallRequest | BatchRequest | JsonCall:
 
 def loads_outcome(data: bytes) -> CallOutcome | BatchOutcome:
     """Unpickle an outcome; raises ``TypeError`` if ``data`` is not one."""
-    message = _loads(data)
+    message = _loads(data, "client", "pool-server")
     if not isinstance(message, CallOutcome | BatchOutcome):
         raise TypeError(f"expected a CallOutcome, got {type(message).__name__}")
     return message

@@ -1,4 +1,4 @@
-"""The pickled payload format: big fields out of band, read back as views."""
+"""The pickled payload format: versioned, big fields out of band, read back as views."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import os
 import pickle
 import struct
 
+import cloudpickle
+import grpc
 import pytest
 
+from distribute_client import SerializationError
+from distribute_client._codec import decode_outcome
+from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_wire.payload import (
+    FORMAT_VERSION,
     OUT_OF_BAND_BYTES,
     BatchOutcome,
     CallOutcome,
@@ -19,6 +25,8 @@ from pool_wire.payload import (
     loads_outcome,
     loads_request,
 )
+
+from .conftest import ServerProcess
 
 BIG = os.urandom(OUT_OF_BAND_BYTES + 1)
 
@@ -79,8 +87,80 @@ def test_messages_copy_and_pickle_as_plain_objects_too() -> None:
     assert loads_request(dumps(small)) == small
 
 
-@pytest.mark.parametrize("data", [b"", b"\x80", bytes(8), pickle.dumps(outcome(b"x"))])
+@pytest.mark.parametrize(
+    "data", [b"", b"\x89PL", bytes(8), b"\x89PLD\0\0\0\1" + bytes(20), b"junk" * 9]
+)
 def test_not_a_message_is_a_value_error(data: bytes) -> None:
-    """Garbage, or a payload of an earlier version (a bare pickle)."""
+    """Garbage, however it starts, is named as such."""
     with pytest.raises(ValueError, match="not a pickled message"):
         loads_outcome(data)
+
+
+def with_version(data: bytes, version: int) -> bytes:
+    """``data`` as if written by a build of another format version: the
+    version sits after the 4-byte magic, as a 4-byte big-endian integer."""
+    return data[:4] + version.to_bytes(4, "big") + data[8:]
+
+
+def test_the_format_version_leads_the_payload() -> None:
+    data = dumps(outcome(BIG))
+    assert data[:8] == b"\x89PLD" + FORMAT_VERSION.to_bytes(4, "big")
+    assert loads_outcome(with_version(data, FORMAT_VERSION)) == outcome(BIG)
+
+
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION + 1, 2**32 - 1])
+def test_another_version_is_refused_by_name(version: int) -> None:
+    """A payload of another format version fails with both versions named,
+    and which side made it, before any of it is unpickled."""
+    request = with_version(dumps(CallRequest(b"f", b"a", ())), version)
+    expected = (
+        f"payload format version {version}, but this worker reads version {FORMAT_VERSION}: "
+        "it was made by another version of distribute_client"
+    )
+    with pytest.raises(ValueError, match=expected):
+        loads_request(request)
+    answer = with_version(dumps(outcome(b"x")), version)
+    with pytest.raises(ValueError, match=f"{version}, but this client reads version"):
+        loads_outcome(answer)
+
+
+def unversioned(message: CallRequest | CallOutcome) -> bytes:
+    """A payload as written before versions existed: the pickle, its buffers, the trailer."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    parts = [head, *(bytes(buffer.raw()) for buffer in buffers)]
+    trailer = struct.pack(f">{len(parts) + 1}Q", *map(len, parts), len(parts))
+    return b"".join([*parts, trailer])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        unversioned(CallRequest(b"f", BIG, ())),
+        unversioned(CallRequest(b"f", b"a", ())),
+        pickle.dumps(CallRequest(b"f", b"a", ())),  # older still: a bare pickle
+    ],
+)
+def test_a_payload_from_before_versions_is_named_as_such(data: bytes) -> None:
+    with pytest.raises(ValueError, match="without a format version, made by a distribute_client"):
+        loads_request(data)
+
+
+def test_a_call_of_another_version_is_a_serialization_error(server: ServerProcess) -> None:
+    """Sent to a real worker, a call of another format version comes back as
+    BAD_REQUEST (a SerializationError to the client) naming both versions,
+    and the worker that read it serves on."""
+    arguments = cloudpickle.dumps((("four",), {}))
+    call = dumps(CallRequest(cloudpickle.dumps(len), arguments, ()))
+    pids = server.pids()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pool_pb2_grpc.PoolStub(channel)
+        other = stub.Run(pool_pb2.RunRequest(payload=with_version(call, 7)), timeout=30)
+        same = stub.Run(pool_pb2.RunRequest(payload=call), timeout=30)
+    answer = loads_outcome(other.outcome)
+    assert isinstance(answer, CallOutcome) and answer.status is OutcomeStatus.BAD_REQUEST
+    versions = f"payload format version 7, but this worker reads version {FORMAT_VERSION}"
+    with pytest.raises(SerializationError, match=versions):
+        decode_outcome(other.outcome, "len", f"worker {other.worker_id}")
+    assert decode_outcome(same.outcome, "len", f"worker {same.worker_id}") == 4
+    assert server.pids() == pids
