@@ -2,9 +2,11 @@
 
 A job's row is inserted with its payload when it is submitted; each later
 change of state updates the row without rewriting the payload, which is
-dropped once the job is finished. WAL with ``synchronous=NORMAL`` makes a
-commit durable against the server process dying, not against the machine
-losing power.
+dropped once the job is finished. A payload over ``FILE_PAYLOAD_BYTES``
+lives beside the database as ``payloads/<job id>`` instead: a file write
+lets go of the GIL, where SQLite copies a blob while holding it. WAL with
+``synchronous=NORMAL`` makes a commit durable against the server process
+dying, not against the machine losing power (and so are payload files).
 
 This module is blocking I/O: only the journal's writer thread
 (``journal_writer.py``) calls it once the server serves, never the event
@@ -25,9 +27,10 @@ import os
 import secrets
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pool_server.errors import WorkerCrashed, error_from_record
 from pool_server.jobs import Job
@@ -35,6 +38,12 @@ from pool_wire.names import FINISHED_STATES, JobState
 
 JOURNAL_FILE = "journal.sqlite3"
 IDENTITY_FILE = "journal.id"
+PAYLOAD_DIR = "payloads"
+
+# Payloads this large are files: SQLite would copy each into its page cache
+# (holding the GIL, so stalling the event loop) and then write it twice
+# (WAL, then checkpoint).
+FILE_PAYLOAD_BYTES = 1024 * 1024
 SCHEMA_VERSION = 1
 
 # Only the writer thread uses the database (the state dir is locked), so a
@@ -86,6 +95,10 @@ _UPDATE = (
 Snapshot = tuple[object, ...]
 # A new job's whole row, payload included, in _COLUMNS' order.
 Row = tuple[object, ...]
+_PAYLOAD = 5  # the payload's place in a Row
+
+# A row as read back: by column name.
+Record = Mapping[str, Any]
 
 
 class JournalError(Exception):
@@ -131,6 +144,7 @@ class Journal:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / JOURNAL_FILE
         self._identity_file = state_dir / IDENTITY_FILE
+        self._payload_dir = state_dir / PAYLOAD_DIR
         with self._errors("cannot use the job journal", corrupt_advice=True):
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
@@ -147,28 +161,64 @@ class Journal:
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._check_identity()
+            self._payload_dir.mkdir(mode=0o700, exist_ok=True)
 
     def close(self) -> None:
         self._db.close()
 
-    def commit(self, added: Iterable[Row], updates: Iterable[Snapshot]) -> None:
+    def commit(self, added: list[Row], updates: list[Snapshot]) -> None:
         """New jobs' rows and changes of state, in one transaction (group commit)."""
-        with self._errors("job changes could not be journaled"), self._transaction():
-            self._db.executemany(
-                f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})", added
-            )
-            self._db.executemany(_UPDATE, updates)
+        files = self._write_payload_files(added)
+        try:
+            with self._errors("job changes could not be journaled"), self._transaction():
+                self._db.executemany(
+                    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                    [_without_payload(row) if row[0] in files else row for row in added],
+                )
+                self._db.executemany(_UPDATE, updates)
+        except JournalError:
+            self._remove_payload_files(files)
+            raise
+        self._remove_payload_files(str(entry[-1]) for entry in updates if entry[-2])
+
+    def _write_payload_files(self, added: list[Row]) -> set[str]:
+        """Write the large payloads of new jobs as files; their ids."""
+        written: set[str] = set()
+        try:
+            for row in added:
+                payload = row[_PAYLOAD]
+                if isinstance(payload, bytes) and len(payload) > FILE_PAYLOAD_BYTES:
+                    job_id = str(row[0])
+                    with self._errors(f"the payload of job {job_id} could not be written"):
+                        (self._payload_dir / job_id).write_bytes(payload)
+                    written.add(job_id)
+        except JournalError:
+            self._remove_payload_files(written)
+            raise
+        return written
+
+    def _remove_payload_files(self, job_ids: Iterable[str]) -> None:
+        for job_id in job_ids:
+            (self._payload_dir / job_id).unlink(missing_ok=True)
+
+    def _with_payload(self, row: sqlite3.Row) -> dict[str, object]:
+        """An unfinished job's row, with its payload read back from its file if it has one."""
+        record = dict(row)
+        path = self._payload_dir / str(record["id"])
+        if record["payload"] is None and path.exists():
+            record["payload"] = path.read_bytes()
+        return record
 
     # Reads return rows: a Job is made on the event loop (see job_from_row).
 
-    def get(self, job_id: str) -> sqlite3.Row | None:
+    def get(self, job_id: str) -> Record | None:
         with self._errors(f"job {job_id} could not be read from the journal"):
-            row: sqlite3.Row | None = self._db.execute(
+            row: Record | None = self._db.execute(
                 f"SELECT {_COLUMNS} FROM jobs WHERE id=?", (job_id,)
             ).fetchone()
             return row
 
-    def unfinished(self) -> list[sqlite3.Row]:
+    def unfinished(self) -> list[Record]:
         """Jobs that were QUEUED, RUNNING or INTERRUPTED when the server last stopped."""
         finished = tuple(state.value for state in FINISHED_STATES)
         with self._errors("the unfinished jobs could not be read from the journal"):
@@ -177,9 +227,9 @@ class Journal:
                 f"({', '.join('?' * len(finished))}) ORDER BY created_at",
                 finished,
             )
-            return list(rows)
+            return [self._with_payload(row) for row in rows]
 
-    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[sqlite3.Row]:
+    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[Record]:
         """Newest first, without payloads or outcomes."""
         where, params = _filters(state, batch_id)
         columns = _COLUMNS.replace("payload, outcome", "NULL AS payload, NULL AS outcome")
@@ -315,7 +365,11 @@ def new_row(job: Job) -> Row:
     )
 
 
-def job_from_row(row: sqlite3.Row) -> Job:
+def _without_payload(row: Row) -> Row:
+    return (*row[:_PAYLOAD], None, *row[_PAYLOAD + 1 :])
+
+
+def job_from_row(row: Record) -> Job:
     """A job rebuilt from its row (on the event loop: it makes a future);
     ``done`` is resolved if it is finished. ``JournalError`` for a row this
     version cannot read."""
@@ -325,7 +379,7 @@ def job_from_row(row: sqlite3.Row) -> Job:
         raise JournalError(f"the journal holds a row this version cannot read: {e}") from e
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Record) -> Job:
     job = Job(
         payload=row["payload"] or b"",
         id=row["id"],

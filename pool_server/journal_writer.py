@@ -174,7 +174,7 @@ class JournalWriter:
         if not rows and not saves:
             return
         try:
-            self._journal.commit(rows, saves.values())
+            self._journal.commit(rows, list(saves.values()))
         except JournalError as e:
             for _, done in taken.adds:
                 self._call_soon(_resolve, done, None, e)
