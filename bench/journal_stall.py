@@ -43,12 +43,12 @@ def probe(address: str, interval_s: float, ready: Event, stop: Event, out: Conne
     for _ in range(20):  # warm the channel and both workers
         remote().compute()
     ready.set()
-    samples: list[float] = []
+    samples: list[tuple[float, float]] = []  # (when it started, how long it took)
     next_at = time.perf_counter()
     while not stop.is_set():
         start = time.perf_counter()
         remote().compute()
-        samples.append(time.perf_counter() - start)
+        samples.append((time.time(), time.perf_counter() - start))
         next_at = max(next_at + interval_s, time.perf_counter())
         time.sleep(max(0.0, next_at - time.perf_counter()))
     out.send(samples)
@@ -82,6 +82,7 @@ def main() -> int:
         if not ready.wait(60):
             raise RuntimeError("the prober never got going")
         data = os.urandom(args.mib * 1024 * 1024)
+        started_at = time.time()
         start = time.perf_counter()
         job = compute_this(server.address)(size_of).submit(data)
         submitted = time.perf_counter() - start
@@ -90,7 +91,7 @@ def main() -> int:
         stop.set()
         samples = receive.recv()
         prober.join()
-    ms = [s * 1000 for s in samples]
+    ms = [seconds * 1000 for _, seconds in samples]
     print(f"server: {server.address}, {args.workers} workers, journal on")
     print(
         f"durable job of {args.mib} MiB: submitted in {submitted:.2f} s, result after {took:.2f} s"
@@ -99,6 +100,12 @@ def main() -> int:
         f"prober: {len(ms)} no-op compute() calls, one every {args.interval_ms:g} ms: "
         f"p50 {statistics.median(ms):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, "
         f"max {max(ms):.1f} ms"
+    )
+    worst = sorted(samples, key=lambda sample: -sample[1])[:3]
+    print(
+        "slowest: "
+        + ", ".join(f"{s * 1000:.0f} ms at +{at - started_at:.2f} s" for at, s in worst)
+        + f" (the submit answered at +{submitted:.2f} s)"
     )
     return 0
 
