@@ -59,7 +59,7 @@ def test_empty_payload_maps_to_protocol_error(server: ServerProcess) -> None:
     address = _transport.Address.parse(server.address)
     request = pool_pb2.RunRequest(payload=b"")
     with pytest.raises(ProtocolError, match="empty payload"):
-        asyncio.run(_transport.call(address, "Run", request, 10))
+        asyncio.run(_transport.run(address, request, 10))
 
 
 def test_help_describes_the_options() -> None:
