@@ -239,14 +239,22 @@ def _decode_json_outcome(data: bytes) -> Any:
     )
 
 
+# Unpickling errors that mean code the call needs is not on the server.
+_MISSING_CODE_ERRORS = (".ModuleNotFoundError", ".ImportError", ".AttributeError")
+
+
 def _error_for(outcome: CallOutcome, name: str, where: str) -> BaseException:
     error = outcome.error
     assert error is not None, outcome.status
     if outcome.status is OutcomeStatus.BAD_REQUEST:
+        advice = ""
+        if error.type_name.endswith(_MISSING_CODE_ERRORS):
+            advice = (
+                "; a module the function or its arguments need is probably missing on the "
+                "server: install it there or name it in depmodules"
+            )
         return SerializationError(
-            f"{where} could not unpickle the call to {name}: {error.message}; a module the "
-            "function or its arguments need is probably missing on the server: install it "
-            "there or name it in depmodules"
+            f"{where} could not unpickle the call to {name}: {error.message}{advice}"
         )
     if outcome.status is OutcomeStatus.BAD_RESULT:
         return SerializationError(f"{name} ran on {where}, but {error.message}")

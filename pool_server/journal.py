@@ -309,8 +309,9 @@ class Journal:
             )
         if corrupt_advice and isinstance(error, sqlite3.DatabaseError):
             return (
-                f"{what} {self.path}: {error}; restore it from a backup, or move it aside to "
-                "start with an empty journal (its jobs are then lost)"
+                f"{what} {self.path}: {error}; restore it from a backup, or move it and "
+                f"{self._identity_file.name} aside to start with an empty journal (its jobs "
+                "are then lost)"
             )
         return f"{what} ({self.path}): {error}"
 

@@ -98,7 +98,7 @@ def test_corrupt_journal_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert out.returncode == 5
-    assert "cannot use the job journal" in out.stderr and "move it aside" in out.stderr
+    assert "cannot use the job journal" in out.stderr and "journal.id aside" in out.stderr
 
 
 def test_state_dir_is_locked(start_server: StartServer, tmp_path: Path) -> None:

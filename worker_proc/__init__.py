@@ -4,15 +4,15 @@ The server starts ``python -m worker_proc`` with pipes on fds 0, 1 and 2::
 
     server                      worker (this package)
     ------                      ---------------------
-              <- READY pid v    handshake (protocol.py)
+              <- READY pid v    handshake (pool_wire.protocol)
     JOB id b64 ->               runner.run_payload(): import depmodules,
                                 unpickle, call with stdout/stderr captured
               <- PROGRESS id f b64   any number, from progress() (reporting.py)
-              <- RESULT id ok b64    pickled CallOutcome (payload.py)
+              <- RESULT id ok b64    pickled CallOutcome (pool_wire.payload)
 
-Who owns what: ``protocol`` the line format, ``payload`` the call and outcome
-formats (pickle or JSON), ``runner`` running one call, ``reporting``
-throttled progress reports, ``__main__`` the process itself (private protocol
-descriptors, dying with the server, the read-run-write loop). This package
-never talks gRPC.
+Who owns what: ``runner`` running one call, ``reporting`` throttled
+progress reports, ``__main__`` the process itself (private protocol
+descriptors, dying with the server, the read-run-write loop). The line
+format and the payload formats are ``pool_wire``'s, shared with the server
+and the client. This package never talks gRPC and imports neither of them.
 """
