@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -35,6 +36,8 @@ from typing import Any
 from pool_server.errors import WorkerCrashed, error_from_record
 from pool_server.jobs import Job
 from pool_wire.names import FINISHED_STATES, JobState
+
+log = logging.getLogger("pool_server.journal")
 
 JOURNAL_FILE = "journal.sqlite3"
 IDENTITY_FILE = "journal.id"
@@ -199,7 +202,10 @@ class Journal:
 
     def _remove_payload_files(self, job_ids: Iterable[str]) -> None:
         for job_id in job_ids:
-            (self._payload_dir / job_id).unlink(missing_ok=True)
+            try:
+                (self._payload_dir / job_id).unlink(missing_ok=True)
+            except OSError as e:  # a leftover file costs space, not correctness
+                log.warning("could not delete the payload file of job %s: %s", job_id, e)
 
     def _with_payload(self, row: sqlite3.Row) -> dict[str, object]:
         """An unfinished job's row, with its payload read back from its file if it has one."""
@@ -300,9 +306,12 @@ class Journal:
 
     def _describe(self, what: str, error: sqlite3.Error | OSError, corrupt_advice: bool) -> str:
         if _disk_full(error):
-            free = shutil.disk_usage(self.path.parent).free
+            try:
+                free = f"{shutil.disk_usage(self.path.parent).free // 1024} KiB free"
+            except OSError:
+                free = "free space unknown"
             return (
-                f"{what}: the disk holding {self.path.parent} is full ({free // 1024} KiB free). "
+                f"{what}: the disk holding {self.path.parent} is full ({free}). "
                 "Free space on it (delete other files there, or give the server a --state-dir "
                 "on a larger disk after moving the whole state dir); the journal itself is "
                 "intact and nothing it holds is lost"

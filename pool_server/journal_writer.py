@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -137,8 +136,10 @@ class JournalWriter:
             while self._work():
                 pass
         finally:
-            self._journal.close()
-            self._call_soon(_resolve, self._closed, None, None)
+            try:
+                self._journal.close()
+            finally:
+                self._call_soon(_resolve, self._closed, None, None)
 
     def _work(self) -> bool:
         """One round: wait for work, commit it, answer the reads; False when done."""
@@ -148,15 +149,21 @@ class JournalWriter:
                 self._cond.wait(max(self._retry_at - time.monotonic(), 0.01) if retrying else None)
             taken, self._pending = self._pending, _Pending()
             closing = self._closing
-        self._commit(taken)
+        try:
+            self._commit_saves(taken.saves)
+        except Exception as e:  # a bug, not the disk: the thread must live on
+            log.exception("journaling job changes failed")
+            self._keep_for_retry(taken.saves, JournalError(f"internal journal error: {e!r}"))
+        self._commit_adds(taken.adds)
         for read, done in taken.reads:
             try:
                 result, error = read(), None
-            except (JournalError, sqlite3.Error) as e:
+            except Exception as e:
                 result, error = None, e
             self._call_soon(_resolve, done, result, error)
         with self._cond:
-            return not closing or bool(self._pending.adds or self._pending.reads)
+            pending = self._pending
+            return not closing or bool(pending.adds or pending.reads or pending.saves)
 
     @property
     def _failing(self) -> bool:
@@ -168,20 +175,27 @@ class JournalWriter:
             return True
         return bool(pending.saves) and time.monotonic() >= self._retry_at
 
-    def _commit(self, taken: _Pending) -> None:
-        rows = [row for added, _ in taken.adds for row in added]
-        saves = taken.saves
-        if not rows and not saves:
+    def _commit_adds(self, adds: list[tuple[list[Row], asyncio.Future[None]]]) -> None:
+        """New jobs, in a transaction of their own: a submit that does not fit
+        must not hold back the changes of jobs already accepted."""
+        if not adds:
+            return
+        error: Exception | None = None
+        try:
+            self._journal.commit([row for rows, _ in adds for row in rows], [])
+        except Exception as e:
+            error = e
+        for _, done in adds:
+            self._call_soon(_resolve, done, None, error)
+
+    def _commit_saves(self, saves: dict[str, Snapshot]) -> None:
+        if not saves:
             return
         try:
-            self._journal.commit(rows, list(saves.values()))
+            self._journal.commit([], list(saves.values()))
         except JournalError as e:
-            for _, done in taken.adds:
-                self._call_soon(_resolve, done, None, e)
             self._keep_for_retry(saves, e)
             return
-        for _, done in taken.adds:
-            self._call_soon(_resolve, done, None, None)
         if self._failing:
             log.warning("the journal takes writes again; %d job changes caught up", len(saves))
         self._retry_at, self._retry_delay = 0.0, RETRY_MIN_S
@@ -195,7 +209,15 @@ class JournalWriter:
         with self._cond:
             for job_id, entry in saves.items():
                 self._pending.saves.setdefault(job_id, entry)  # a newer one wins
-            if not self._failing or self._closing:
+            if self._closing:  # the last try: stopping must not hang on a full disk
+                log.error(
+                    "%s; the server is stopping, so %d job changes are dropped: those jobs "
+                    "start again from their last journaled state at the next start",
+                    error,
+                    len(self._pending.saves),
+                )
+                self._pending.saves.clear()
+            elif not self._failing:
                 log.error(
                     "%s; %d job changes are kept in memory and retried until the disk takes "
                     "them: a restart before then would not know them",
@@ -204,8 +226,6 @@ class JournalWriter:
                 )
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_S)
-            if self._closing:
-                self._pending.saves.clear()  # the last try: stopping must not hang on a full disk
         self._call_soon(self.on_commit, [], list(saves))
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:

@@ -112,11 +112,11 @@ class JobTracker:
             for payload, items in zip(payloads, item_counts or [1] * len(payloads), strict=True)
         ]
         # Once committed the jobs must be queued, even if the caller has gone.
+        self._reserved += len(jobs)
         await asyncio.shield(asyncio.ensure_future(self._admit(jobs)))
         return jobs
 
     async def _admit(self, jobs: list[Job]) -> None:
-        self._reserved += len(jobs)
         try:
             await self._journal.add(jobs)
         except JournalError as e:
