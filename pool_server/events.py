@@ -30,9 +30,6 @@ class Listeners(Generic[E]):
     def add(self, callback: Callable[[E], None]) -> None:
         self._callbacks.append(callback)
 
-    def remove(self, callback: Callable[[E], None]) -> None:
-        self._callbacks.remove(callback)
-
     def announce(self, event: E) -> None:
         for callback in self._callbacks:
             try:
