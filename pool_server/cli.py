@@ -15,6 +15,7 @@ from pool_server.config import (
     DEFAULT_RESULT_TTL_S,
     LOG_LEVELS,
     ServerConfig,
+    default_max_queued_bytes,
     default_state_dir,
 )
 
@@ -51,6 +52,13 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="calls that may wait for a worker; further calls wait for room (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=default_max_queued_bytes(),
+        help="payload bytes that may wait for a worker; a call beyond it waits for room and a "
+        "submit is refused (default: a quarter of memory, %(default)s)",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
         default=DEFAULT_GRACE_S,
@@ -78,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             host=args.host,
             port=args.port,
             queue_size=args.queue_size,
+            max_queued_bytes=args.max_queued_bytes,
             grace=args.grace,
             log_level=args.log_level,
             state_dir=args.state_dir,

@@ -24,6 +24,11 @@ def default_state_dir() -> Path:
     return Path(base) / "pool-server"
 
 
+def default_max_queued_bytes() -> int:
+    """A quarter of the machine's memory: queued payloads are held in memory."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+
+
 # How long running calls may take to finish after SIGTERM/SIGINT.
 DEFAULT_GRACE_S = 30.0
 
@@ -34,6 +39,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     queue_size: int = DEFAULT_QUEUE_SIZE
+    max_queued_bytes: int = field(default_factory=default_max_queued_bytes)
     grace: float = DEFAULT_GRACE_S
     log_level: str = "info"
     state_dir: Path = field(default_factory=default_state_dir)
@@ -46,6 +52,8 @@ class ServerConfig:
             raise ValueError(f"port must be 0..65535 (0 picks a free one), got {self.port}")
         if self.queue_size < 1:
             raise ValueError(f"queue size must be at least 1, got {self.queue_size}")
+        if self.max_queued_bytes < 1:
+            raise ValueError(f"max queued bytes must be at least 1, got {self.max_queued_bytes}")
         if self.grace < 0:
             raise ValueError(f"grace must be 0 or more seconds, got {self.grace}")
         if self.result_ttl <= 0:
