@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import statistics
 import subprocess
@@ -36,7 +38,12 @@ class Server:
 
 @contextmanager
 def pool_server(workers: int, *extra: str) -> Iterator[Server]:
-    """A pool-server on a free port with a temporary state dir; SIGTERMed at the end."""
+    """A pool-server on a free port with a temporary state dir; SIGTERMed at the end.
+
+    It requires a token, as by default: this process (and its children, the
+    peer suite's clients) send the one in $POOL_TOKEN, set here if unset.
+    """
+    os.environ.setdefault("POOL_TOKEN", secrets.token_urlsafe(32))
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as state_dir:
         command = [sys.executable, "-m", "pool_server", "--workers", str(workers), "--port", "0"]
         command += ["--log-level", "warning", "--state-dir", state_dir, *extra]

@@ -47,6 +47,7 @@ from distribute_client._progress import progress as progress
 from distribute_client._remote import Call as Call
 from distribute_client._remote import RemoteFunction as RemoteFunction
 from distribute_client._remote import compute_this as compute_this
+from distribute_client.errors import AuthenticationError as AuthenticationError
 from distribute_client.errors import CallTimeoutError as CallTimeoutError
 from distribute_client.errors import InvalidRequestError as InvalidRequestError
 from distribute_client.errors import JobCancelledError as JobCancelledError
@@ -66,6 +67,7 @@ from distribute_client.errors import WorkerCrashedError as WorkerCrashedError
 
 __all__ = [
     "AsyncMap",
+    "AuthenticationError",
     "BatchStatus",
     "Call",
     "CallTimeoutError",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from distribute_client import _codec, _transport
+from distribute_client._credentials import Credentials
 from distribute_client._jobs import LOOKUP_TIMEOUT_S, BatchStatus, Job, JobStatus, batch_status
 from distribute_client._submit import submit_payloads
 from distribute_client._sync import run_sync
@@ -34,10 +36,27 @@ class PoolStatus:
 
 class Client:
     """A handle on one pool-server (``host:port``, ``grpc://`` or ``grpcs://``;
-    default ``$POOL_SERVER``, else ``127.0.0.1:50051``)."""
+    default ``$POOL_SERVER``, else ``127.0.0.1:50051``).
 
-    def __init__(self, server: str | None = None) -> None:
-        self.address = _transport.Address.parse(server)
+    ``token`` defaults to ``$POOL_TOKEN``, the first line of
+    ``$POOL_TOKEN_FILE``, else the token of a server of this user with the
+    default state dir. For ``grpcs://``, ``tls_ca`` is the CA to trust
+    (default ``$POOL_TLS_CA``, else the system's roots), and ``tls_cert`` and
+    ``tls_key`` a client certificate for servers that ask for one (default
+    ``$POOL_TLS_CERT`` and ``$POOL_TLS_KEY``).
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        token: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        credentials = Credentials.resolve(token, tls_ca, tls_cert, tls_key)
+        self.address = _transport.Address.parse(server, credentials)
 
     def __repr__(self) -> str:
         return f"Client({str(self.address)!r})"

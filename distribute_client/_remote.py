@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import types
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from distribute_client import _batch, _codec, _submit, _transport
 from distribute_client._client import Client
+from distribute_client._credentials import Credentials
 from distribute_client._jobs import Job
 from distribute_client._sync import run_sync
 from pool_proto import pool_pb2
@@ -34,14 +36,17 @@ class RemoteFunction(Generic[P, R]):
         retries: int = 0,
         retry_on: Iterable[type[BaseException]] = (),
         durable: bool = False,
+        credentials: Credentials | None = None,
     ) -> None:
         functools.update_wrapper(self, function)
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, got {retries}")
         self.function = function
         # An explicit address is checked now; the default is looked up per
-        # call, so $POOL_SERVER may be set after the function is defined.
-        self._address = _transport.Address.parse(server) if server else None
+        # call, so $POOL_SERVER (or $POOL_TOKEN) may be set after the function
+        # is defined.
+        self._credentials = credentials
+        self._address = _transport.Address.parse(server, credentials) if server else None
         self.depmodules = tuple(m if isinstance(m, str) else m.__name__ for m in depmodules)
         self.timeout = timeout
         self.retries = retries
@@ -52,7 +57,7 @@ class RemoteFunction(Generic[P, R]):
 
     @property
     def address(self) -> _transport.Address:
-        return self._address or _transport.Address.parse(None)
+        return self._address or _transport.Address.parse(None, self._credentials)
 
     def __repr__(self) -> str:
         return f"<RemoteFunction {self.function.__qualname__} on {self.address}>"
@@ -201,6 +206,10 @@ def compute_this(
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
     durable: bool = False,
+    token: str | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
 ) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
 
 
@@ -212,6 +221,10 @@ def compute_this(
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
     durable: bool = False,
+    token: str | None = None,
+    tls_ca: str | os.PathLike[str] | None = None,
+    tls_cert: str | os.PathLike[str] | None = None,
+    tls_key: str | os.PathLike[str] | None = None,
 ) -> RemoteFunction[P, R] | Callable[[Callable[P, R]], RemoteFunction[P, R]]:
     """Make a function run on a pool-server: ``@compute_this()`` or ``@compute_this``.
 
@@ -222,7 +235,8 @@ def compute_this(
     submitted jobs it limits each attempt's running time. ``retries`` more
     attempts are made when the worker dies (crash, OOM kill), or when the
     function raises one of ``retry_on``. ``durable=True`` runs ``compute()``
-    as a submitted (journaled) job.
+    as a submitted (journaled) job. ``token`` and the ``tls_*`` files are
+    as for :class:`Client`; by default they come from the environment.
 
     >>> @compute_this()
     ... def square(x):
@@ -236,6 +250,11 @@ def compute_this(
         "retries": retries,
         "retry_on": retry_on,
         "durable": durable,
+        "credentials": (
+            Credentials.resolve(token, tls_ca, tls_cert, tls_key)
+            if token or tls_ca or tls_cert or tls_key
+            else None
+        ),
     }
     if callable(server):
         return RemoteFunction(server, None, **options)

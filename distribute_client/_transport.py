@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import grpc
 
+from distribute_client._credentials import Credentials, token_interceptors
 from distribute_client.errors import (
     ERRORS_BY_KIND,
+    AuthenticationError,
     CallTimeoutError,
     InvalidRequestError,
     PoolError,
@@ -47,15 +49,18 @@ ReplyT = TypeVar("ReplyT", covariant=True)
 
 @dataclass(frozen=True)
 class Address:
-    """Where a pool-server listens: ``host:port``, ``grpc://...`` or ``grpcs://...``."""
+    """Where a pool-server listens (``host:port``, ``grpc://...`` or
+    ``grpcs://...``), and the credentials this client shows it."""
 
     target: str
     tls: bool
+    credentials: Credentials = field(default_factory=Credentials)
 
     @classmethod
-    def parse(cls, server: str | None) -> Address:
+    def parse(cls, server: str | None, credentials: Credentials | None = None) -> Address:
         """``server``, else ``$POOL_SERVER``, else the default; ``ValueError``
-        naming the text (and where it came from) if it is not an address."""
+        naming the text (and where it came from) if it is not an address.
+        Without ``credentials``, those of the environment."""
         from_env = not server and bool(os.environ.get(SERVER_ENV))
         text = server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
         tls = text.startswith("grpcs://")
@@ -64,7 +69,7 @@ class Address:
         if not sep or not host or not port.isdigit() or int(port) > _MAX_PORT:
             where = f"${SERVER_ENV} is {text!r}, which" if from_env else f"server address {text!r}"
             raise ValueError(f"{where} is not host:port, grpc://host:port or grpcs://host:port")
-        return cls(target, tls)
+        return cls(target, tls, credentials or Credentials.resolve())
 
     def __str__(self) -> str:
         return f"grpcs://{self.target}" if self.tls else self.target
@@ -112,12 +117,19 @@ def stub_for(address: Address) -> _Stub:
         stubs = _channels[loop] = {}
     stub = stubs.get(address)
     if stub is None:
+        credentials = address.credentials
+        interceptors = token_interceptors(credentials) if credentials.token else None
         if address.tls:
             channel = grpc.aio.secure_channel(
-                address.target, grpc.ssl_channel_credentials(), options=_CHANNEL_OPTIONS
+                address.target,
+                credentials.channel_credentials(),
+                options=_CHANNEL_OPTIONS,
+                interceptors=interceptors,
             )
         else:
-            channel = grpc.aio.insecure_channel(address.target, options=_CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(
+                address.target, options=_CHANNEL_OPTIONS, interceptors=interceptors
+            )
         stub = stubs[address] = pool_pb2_grpc.PoolStub(channel)
     return stub
 
@@ -251,6 +263,8 @@ def _from_code(
         return PoolError(
             f"{address} cancelled the call ({details}); it may be shutting down or overloaded"
         )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AuthenticationError(f"{address}: {details}")
     if code == grpc.StatusCode.INVALID_ARGUMENT:  # from a proxy, say
         return InvalidRequestError(f"{address} rejected the call: {details}")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -6,6 +6,7 @@ for everything else. Each error kind the server answers with
 shown after it; the classes marked *client* are raised by the client alone::
 
     PoolError                         client: the base, and a status no kind explains
+    ├── AuthenticationError           client: no token, or one the server does not accept
     ├── ServerUnavailableError        client: no answer at all (also ConnectionError)
     │   ├── ServerShuttingDownError   shutting-down
     │   └── JournalUnavailableError   journal-unavailable
@@ -38,6 +39,12 @@ from pool_wire.names import ErrorKind
 class PoolError(Exception):
     """Base class: the pool could not run the call and return its outcome
     (raised as itself for a gRPC status that no error kind explains)."""
+
+
+class AuthenticationError(PoolError):
+    """Raised by any call the server refuses for its token: none was found
+    (``UNAUTHENTICATED``) or the server does not accept it (``PERMISSION_DENIED``);
+    the message says where the client looks for one."""
 
 
 class ServerUnavailableError(PoolError, ConnectionError):
@@ -164,5 +171,12 @@ ERRORS_BY_KIND: dict[ErrorKind, type[PoolError]] = {
 
 # The classes no error kind maps to: the client raises them on its own.
 CLIENT_ONLY_ERRORS: frozenset[type[PoolError]] = frozenset(
-    {PoolError, ServerUnavailableError, ProtocolError, RemoteError, SerializationError}
+    {
+        PoolError,
+        AuthenticationError,
+        ServerUnavailableError,
+        ProtocolError,
+        RemoteError,
+        SerializationError,
+    }
 )

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import resource
 import signal
 import time
-from pathlib import Path
 
 import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_server.auth import Authenticator, AuthSetupError, TokenStore, reload_on_sighup
 from pool_server.config import ServerConfig
 from pool_server.journal import Journal, JournalError
 from pool_server.journal_writer import JournalWriter
 from pool_server.service import PoolService
+from pool_server.state_dir import lock_state_dir, prepare_state_dir
 from pool_server.supervisor import WorkerPool, open_pool
+from pool_server.tls import TlsSetupError, server_credentials
 from pool_server.tracker import JobTracker
 from pool_wire.limits import GRPC_MESSAGE_OPTIONS
 
@@ -31,6 +33,7 @@ EXIT_OK = 0
 EXIT_BIND_FAILED = 3  # the address is taken or not ours to listen on
 EXIT_WORKERS_FAILED = 4  # the workers never became ready
 EXIT_STATE_UNUSABLE = 5  # the state dir is locked by another server, or the journal unreadable
+EXIT_AUTH_UNUSABLE = 6  # the tokens or TLS files cannot be read or trusted
 
 # How long the initial workers may take to say READY before the server gives
 # up and exits, instead of serving with a pool that cannot run anything.
@@ -81,32 +84,49 @@ async def _serve(config: ServerConfig) -> int:
     started = time.monotonic()
     stop, hurry = _stop_on_signals()
     try:
-        lock = _lock_state_dir(config.state_dir)
-        journal = Journal(config.state_dir)
-    except (OSError, JournalError) as e:
+        prepare_state_dir(config.state_dir)
+        lock = lock_state_dir(config.state_dir)
+    except OSError as e:
         log.error("%s", e)
+        return EXIT_STATE_UNUSABLE
+    try:
+        tokens = _load_tokens(config)
+    except AuthSetupError as e:
+        log.error("%s", e)
+        lock.__exit__(None, None, None)
+        return EXIT_AUTH_UNUSABLE
+    try:
+        journal = Journal(config.state_dir)
+    except JournalError as e:
+        log.error("%s", e)
+        lock.__exit__(None, None, None)
         return EXIT_STATE_UNUSABLE
     with lock:
         writer = JournalWriter(journal)
         try:
-            return await _serve_journaled(config, writer, stop, hurry, started)
+            return await _serve_journaled(config, tokens, writer, stop, hurry, started)
         finally:
             await writer.close()  # after the pool: its last changes are journaled too
 
 
 async def _serve_journaled(
     config: ServerConfig,
+    tokens: TokenStore | None,
     writer: JournalWriter,
     stop: asyncio.Event,
     hurry: asyncio.Event,
     started: float,
 ) -> int:
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(interceptors=[Authenticator(tokens)], options=GRPC_OPTIONS)
     try:
-        port = server.add_insecure_port(config.address)
+        port = _listen(server, config)
+    except TlsSetupError as e:
+        log.error("%s", e)
+        return EXIT_AUTH_UNUSABLE
     except RuntimeError as e:
         log.error("cannot listen on %s: %s", config.address, e)
         return EXIT_BIND_FAILED
+    _warn_if_exposed(config)
 
     async with open_pool(config.workers, config.queue_size) as pool:
         tracker = JobTracker(pool, writer, config.result_ttl)
@@ -121,7 +141,7 @@ async def _serve_journaled(
         health_servicer = await _start_grpc(server, service)
         print(
             f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
-            f"(pid {os.getpid()})",
+            f"(pid {os.getpid()}; {_security_summary(config, tokens)})",
             flush=True,
         )
         expiry = asyncio.create_task(tracker.expire_forever(), name="expiry")
@@ -149,34 +169,56 @@ async def _serve_journaled(
     return EXIT_OK
 
 
+def _load_tokens(config: ServerConfig) -> TokenStore | None:
+    """The accepted tokens (None with --auth none), reloaded on SIGHUP."""
+    if config.auth == "none":
+        return None
+    tokens = TokenStore.load(config.token_file, config.state_dir)
+    reload_on_sighup(tokens)
+    return tokens
+
+
+def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
+    if config.tls is None:
+        return int(server.add_insecure_port(config.address))
+    return int(server.add_secure_port(config.address, server_credentials(config.tls)))
+
+
+def _warn_if_exposed(config: ServerConfig) -> None:
+    if config.loopback:
+        return
+    if config.auth == "none":
+        log.warning(
+            "serving %s with --auth none (--insecure-no-auth): anyone who can reach it "
+            "runs code as this server's user",
+            config.address,
+        )
+    elif config.tls is None:
+        log.warning(
+            "serving %s without TLS: tokens, calls and results travel in clear text; "
+            "give --tls-cert and --tls-key",
+            config.address,
+        )
+
+
+def _security_summary(config: ServerConfig, tokens: TokenStore | None) -> str:
+    auth = f"tokens from {tokens.source}" if tokens is not None else "no auth"
+    if config.tls is None:
+        return auth
+    return f"{auth}, TLS" + (" with client certificates" if config.tls.client_ca else "")
+
+
 async def _start_grpc(server: grpc.aio.Server, service: PoolService) -> health.aio.HealthServicer:
     pool_pb2_grpc.add_PoolServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return health_servicer
-
-
-def _lock_state_dir(state_dir: Path) -> contextlib.AbstractContextManager[object]:
-    """Hold an exclusive lock on the state dir: two servers must not share a journal."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock_file = (state_dir / "lock").open("a+")
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.seek(0)
-        holder = lock_file.read().strip() or "another process"
-        lock_file.close()
-        raise OSError(
-            f"state dir {state_dir} is in use by pool-server pid {holder}; "
-            "give each server its own --state-dir"
-        ) from None
-    lock_file.truncate(0)
-    lock_file.write(str(os.getpid()))
-    lock_file.flush()
-    return lock_file
 
 
 def _stop_on_signals() -> tuple[asyncio.Event, asyncio.Event]:

@@ -9,15 +9,19 @@ import sys
 from pathlib import Path
 
 from pool_server.app import run
+from pool_server.auth import AuthSetupError, ensure_token_file, read_token_file, rotate_token_file
 from pool_server.config import (
+    AUTH_MODES,
     DEFAULT_GRACE_S,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_RESULT_TTL_S,
     LOG_LEVELS,
     ServerConfig,
     default_max_queued_bytes,
-    default_state_dir,
 )
+from pool_server.state_dir import prepare_state_dir
+from pool_server.tls import TlsFiles
+from pool_wire.tokens import default_state_dir
 
 EXIT_USAGE = 2
 
@@ -27,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         prog="pool-server",
         description="Run Python functions for remote clients on a supervised pool of "
         "worker processes, over gRPC.",
-        epilog="Example: pool-server --workers 8 --port 50051. "
+        epilog="Example: pool-server --workers 8 --port 50051; `pool-server token` prints the "
+        "token clients need (those of the same user find it themselves). "
         "Stop with SIGTERM or Ctrl-C: running calls get --grace seconds to finish.",
     )
     parser.add_argument(
@@ -79,6 +84,35 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)"
     )
+    security = parser.add_argument_group(
+        "security",
+        "Clients need a token unless --auth none: POOL_TOKEN, else the lines of --token-file "
+        "(or POOL_TOKEN_FILE), else <state-dir>/token, made on first start. "
+        "`pool-server token [--rotate]` prints (or adds) one; SIGHUP reloads the file.",
+    )
+    security.add_argument(
+        "--auth",
+        choices=AUTH_MODES,
+        default="token",
+        help="require a bearer token on every call but the health check (default: %(default)s)",
+    )
+    security.add_argument(
+        "--token-file",
+        type=Path,
+        help="accepted tokens, one per line: TOKEN, NAME:TOKEN or NAME:TOKEN:admin",
+    )
+    security.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    security.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    security.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow --auth none on an address other hosts can reach",
+    )
     args = parser.parse_args(argv)
     try:
         return ServerConfig(
@@ -91,12 +125,67 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             log_level=args.log_level,
             state_dir=args.state_dir,
             result_ttl=args.result_ttl,
+            auth=args.auth,
+            token_file=args.token_file,
+            tls=_tls_files(args),
+            insecure_no_auth=args.insecure_no_auth,
         )
     except ValueError as e:
         parser.error(str(e))
 
 
+def _tls_files(args: argparse.Namespace) -> TlsFiles | None:
+    if args.tls_cert is None and args.tls_key is None:
+        if args.tls_client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if args.tls_cert is None or args.tls_key is None:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def token_command(argv: list[str]) -> int:
+    """``pool-server token [--rotate]``: print the token clients send, making it if needed."""
+    parser = argparse.ArgumentParser(
+        prog="pool-server token",
+        description="Print the token clients of this server send (the token file's first "
+        "line), creating the file if it does not exist.",
+        epilog="Rotate: pool-server token --rotate, then SIGHUP the server (kill -HUP PID); "
+        "remove the old line from the file once no client uses it, and SIGHUP again.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="the server's state dir, whose token file is used (default: %(default)s)",
+    )
+    parser.add_argument("--token-file", type=Path, help="use this token file instead")
+    parser.add_argument(
+        "--rotate", action="store_true", help="add a new token as the first line, and print it"
+    )
+    args = parser.parse_args(argv)
+    path = args.token_file or args.state_dir / "token"
+    try:
+        if args.token_file is None:
+            prepare_state_dir(args.state_dir)
+            ensure_token_file(path)
+        token = rotate_token_file(path) if args.rotate else read_token_file(path)[0]
+    except (AuthSetupError, OSError) as e:
+        print(f"pool-server token: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(token.secret)
+    if args.rotate:
+        print(
+            f"added to {path}; `kill -HUP <server pid>` makes the server accept it",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["token"]:
+        return token_command(argv[1:])
     config = parse_args(argv)
     logging.basicConfig(
         level=config.log_level.upper(),

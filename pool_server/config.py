@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pool_server.tls import TlsFiles
+from pool_wire.tokens import default_state_dir
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
+AUTH_MODES = ("token", "none")
 
 # Calls and jobs waiting for a worker. Each holds its payload in memory (about
 # 1 KiB for a small call); a call that finds the queue full waits in its RPC
@@ -16,12 +21,6 @@ DEFAULT_QUEUE_SIZE = 100_000
 
 # How long finished jobs' results stay retrievable.
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600.0
-
-
-def default_state_dir() -> Path:
-    """$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server."""
-    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
-    return Path(base) / "pool-server"
 
 
 def default_max_queued_bytes() -> int:
@@ -44,6 +43,10 @@ class ServerConfig:
     log_level: str = "info"
     state_dir: Path = field(default_factory=default_state_dir)
     result_ttl: float = DEFAULT_RESULT_TTL_S
+    auth: str = "token"
+    token_file: Path | None = None
+    tls: TlsFiles | None = None
+    insecure_no_auth: bool = False  # serve other hosts without a token, knowingly
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -60,6 +63,25 @@ class ServerConfig:
             raise ValueError(f"result TTL must be more than 0 seconds, got {self.result_ttl}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}")
+        if self.auth == "none" and not self.loopback and not self.insecure_no_auth:
+            raise ValueError(
+                f"--host {self.host} with --auth none would let anyone who can reach this "
+                "machine run code as this server's user; keep the default --auth token "
+                "(clients send the token from `pool-server token`), listen on 127.0.0.1, or "
+                "pass --insecure-no-auth if the network itself is trusted"
+            )
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the listening address."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
 
     @property
     def address(self) -> str:

@@ -8,7 +8,9 @@ read that line instead of probing for a free port, and stop every server
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import secrets
 import select
 import signal
 import subprocess
@@ -21,6 +23,11 @@ from pathlib import Path
 import pytest
 
 from distribute_client import Client, PoolError
+
+# Servers require a token by default. Every server and client of the suite
+# (subprocesses included) shares this one through the environment; tests of
+# the token lookup itself set up their own.
+os.environ["POOL_TOKEN"] = secrets.token_urlsafe(32)
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
