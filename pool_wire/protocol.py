@@ -7,7 +7,14 @@ worker both use these functions, so the format lives in exactly one place.
     worker -> server   READY <pid> <protocol-version>
     server -> worker   JOB <job-id> <base64 payload>
     worker -> server   PROGRESS <job-id> <fraction or -> <base64 message>   (any number)
+    worker -> server   RETIRING <job-id> <base64 reason>                    (rarely)
     worker -> server   RESULT <job-id> <ok|error|retry> <base64 outcome>
+
+RETIRING comes just before a RESULT when the call left the worker unfit for
+another (it closed fds 0-2, or ignored SIGTERM): the worker exits after the
+RESULT, and the server replaces it before it takes the next job. It must
+come first, not after: a line after the RESULT could arrive after the
+server had sent that worker the next job.
 
 The RESULT status is all the server learns of an outcome it never unpickles:
 ``error`` means the call failed, ``retry`` that it failed with an exception
@@ -29,7 +36,7 @@ import pybase64
 
 from pool_wire.limits import MAX_PAYLOAD_BYTES
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # base64 grows data by 4/3; 128 bytes cover the kind token, ids and newline.
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
@@ -37,7 +44,7 @@ MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
 _MAX_KIND_LEN = 16  # the longest kind token, PROGRESS, with room to spare
 
 # How many space-separated fields come between a kind and its base64 part.
-_BODY_FIELDS = {b"JOB": 1, b"PROGRESS": 2, b"RESULT": 2}
+_BODY_FIELDS = {b"JOB": 1, b"PROGRESS": 2, b"RETIRING": 1, b"RESULT": 2}
 
 # A head (kind and fields) longer than this is not one.
 _MAX_HEAD_BYTES = 1024
@@ -100,7 +107,15 @@ class JobOutcome:
     outcome: bytes
 
 
-Message = Ready | JobRequest | Progress | JobOutcome
+@dataclass(frozen=True, slots=True)
+class Retiring:
+    """The worker will exit after its RESULT for ``job_id``, for ``reason``."""
+
+    job_id: str
+    reason: str
+
+
+Message = Ready | JobRequest | Progress | Retiring | JobOutcome
 
 
 def encode(message: Message) -> bytes:
@@ -138,6 +153,8 @@ def _head_and_body(message: Message) -> tuple[bytes, bytes]:
         case Progress(job_id, fraction, text):
             amount = b"-" if fraction is None else repr(fraction).encode()
             return b"PROGRESS %s %s " % (job_id.encode(), amount), text.encode()
+        case Retiring(job_id, reason):
+            return b"RETIRING %s " % job_id.encode(), reason.encode()
         case JobOutcome(job_id, status, outcome):
             return b"RESULT %s %s " % (job_id.encode(), status.value.encode()), outcome
     raise TypeError(f"not a protocol message: {message!r}")
@@ -301,6 +318,8 @@ def _message(kind: bytes, fields: list[str], data: bytes) -> Message:
         if kind == b"PROGRESS":
             job, amount = fields
             return Progress(job, None if amount == "-" else float(amount), data.decode())
+        if kind == b"RETIRING":
+            return Retiring(fields[0], data.decode())
         job, status = fields
         return JobOutcome(job, ResultStatus(status), data)
     except ValueError as e:  # UnicodeDecodeError is one
