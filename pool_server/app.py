@@ -128,7 +128,7 @@ async def _serve_journaled(
         return EXIT_BIND_FAILED
     _warn_if_exposed(config)
 
-    async with open_pool(config.workers, config.queue_size) as pool:
+    async with open_pool(config.workers, config.queue_size, config.max_queued_bytes) as pool:
         tracker = JobTracker(pool, writer, config.result_ttl)
         try:
             await tracker.recover()

@@ -17,6 +17,14 @@ The journal has an identity, kept in the database and beside it in
 ``journal.id``: a journal emptied, deleted or replaced by another while the
 server was stopped is noticed at start-up instead of being taken for a new,
 empty one.
+
+Every file here is created mode 0600 whatever the umask (the database first,
+so that SQLite gives its -wal and -shm files the same mode), and one left
+more open by an older version is closed up at start: the journal holds
+pickles that run after a restart, and other users' results.
+
+Schema versions: 1 had no ``owner`` column; version 2 adds it, with the
+existing rows owned by ``default`` (the name of an unnamed token).
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pool_server.errors import WorkerCrashed, error_from_record
-from pool_server.jobs import Job
+from pool_server.jobs import DEFAULT_OWNER, Job
 from pool_wire.names import FINISHED_STATES, JobState
 
 log = logging.getLogger("pool_server.journal")
@@ -47,7 +55,10 @@ PAYLOAD_DIR = "payloads"
 # (holding the GIL, so stalling the event loop) and then write it twice
 # (WAL, then checkpoint).
 FILE_PAYLOAD_BYTES = 1024 * 1024
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Only the server's user may read or write what the state dir holds.
+FILE_MODE = 0o600
 
 # Only the writer thread uses the database (the state dir is locked), so a
 # wait for a lock means something is wrong: fail fast.
@@ -73,19 +84,28 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT NOT NULL,
     created_at REAL NOT NULL,
     started_at REAL NOT NULL,
-    finished_at REAL NOT NULL
+    finished_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id);
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished_at) WHERE finished_at > 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# From each schema version to the next, in one transaction with the bump.
+_MIGRATIONS = {
+    1: f"ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '{DEFAULT_OWNER}'",
+}
+
 _COLUMNS = (
     "id, batch_id, name, items, state, payload, outcome, error_kind, error, exit_code, attempts, "
-    "max_attempts, time_limit, worker_id, progress, message, created_at, started_at, finished_at"
+    "max_attempts, time_limit, worker_id, progress, message, created_at, started_at, finished_at, "
+    "owner"
 )
+_COLUMN_COUNT = _COLUMNS.count(",") + 1
 
 _UPDATE = (
     "UPDATE jobs SET state=?, outcome=?, error_kind=?, error=?, exit_code=?, attempts=?, "
@@ -149,6 +169,7 @@ class Journal:
         self._identity_file = state_dir / IDENTITY_FILE
         self._payload_dir = state_dir / PAYLOAD_DIR
         with self._errors("cannot use the job journal", corrupt_advice=True):
+            _make_private(self.path)
             self._db = sqlite3.connect(
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
             )
@@ -158,16 +179,44 @@ class Journal:
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
-                raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._migrate()
             self._check_identity()
             self._payload_dir.mkdir(mode=0o700, exist_ok=True)
+            self._close_up()
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring an older journal to SCHEMA_VERSION (a new one starts there);
+        refuse one from a newer version, which this one cannot read."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version}, newer than this server's {SCHEMA_VERSION}: "
+                "run the pool-server version that wrote it"
+            )
+        with self._transaction():
+            if version:
+                for old in range(version, SCHEMA_VERSION):
+                    self._db.execute(_MIGRATIONS[old])
+                    log.info("journal %s: schema version %d -> %d", self.path, old, old + 1)
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)  # executescript would commit first
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _close_up(self) -> None:
+        """Make files an older version (or a looser umask) left readable
+        by others private; SQLite makes its -wal and -shm like the database."""
+        paths = [self._identity_file, *(self.path.with_name(self.path.name + s) for s in _SIDE)]
+        paths += [p for p in self._payload_dir.iterdir() if p.is_file()]
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mode & 0o077:
+                    log.warning("%s was readable by other users; made it mode 0600", path)
+                    path.chmod(FILE_MODE)
+        if self._payload_dir.stat().st_mode & 0o077:
+            self._payload_dir.chmod(0o700)
 
     def commit(self, added: list[Row], updates: list[Snapshot]) -> None:
         """New jobs' rows and changes of state, in one transaction (group commit)."""
@@ -175,7 +224,7 @@ class Journal:
         try:
             with self._errors("job changes could not be journaled"), self._transaction():
                 self._db.executemany(
-                    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * 19)})",
+                    f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})",
                     [_without_payload(row) if row[0] in files else row for row in added],
                 )
                 self._db.executemany(_UPDATE, updates)
@@ -193,7 +242,7 @@ class Journal:
                 if isinstance(payload, bytes) and len(payload) > FILE_PAYLOAD_BYTES:
                     job_id = str(row[0])
                     with self._errors(f"the payload of job {job_id} could not be written"):
-                        (self._payload_dir / job_id).write_bytes(payload)
+                        _write_private(self._payload_dir / job_id, payload)
                     written.add(job_id)
         except JournalError:
             self._remove_payload_files(written)
@@ -235,9 +284,12 @@ class Journal:
             )
             return [self._with_payload(row) for row in rows]
 
-    def list(self, state: JobState | None, batch_id: str, limit: int) -> list[Record]:
-        """Newest first, without payloads or outcomes."""
-        where, params = _filters(state, batch_id)
+    def list(
+        self, state: JobState | None, batch_id: str, limit: int, owner: str | None
+    ) -> list[Record]:
+        """Newest first, without payloads or outcomes; only ``owner``'s
+        jobs unless it is None."""
+        where, params = _filters(state=state, batch_id=batch_id, owner=owner)
         columns = _COLUMNS.replace("payload, outcome", "NULL AS payload, NULL AS outcome")
         with self._errors("the job list could not be read from the journal"):
             rows = self._db.execute(
@@ -246,10 +298,12 @@ class Journal:
             )
             return list(rows)
 
-    def batch(self, batch_id: str) -> BatchCounts:
-        with self._errors(f"batch {batch_id} could not be read from the journal"):
+    def batch(self, batch_id: str, owner: str | None) -> BatchCounts:
+        """Calls per state in the batch: in ``owner``'s jobs unless it is None."""
+        where, params = _filters(batch_id=batch_id or None, owner=owner, all_batches=False)
+        with self._errors("the batch could not be read from the journal"):
             rows = self._db.execute(
-                "SELECT state, SUM(items) FROM jobs WHERE batch_id=? GROUP BY state", (batch_id,)
+                f"SELECT state, SUM(items) FROM jobs {where} GROUP BY state", params
             ).fetchall()
         states = {row[0]: row[1] for row in rows}
         return BatchCounts(sum(states.values()), states)
@@ -286,7 +340,7 @@ class Journal:
                 )
         if expected is None:
             temporary = self._identity_file.with_suffix(".tmp")
-            temporary.write_text(identity + "\n")
+            _write_private(temporary, (identity + "\n").encode())
             os.replace(temporary, self._identity_file)
 
     def _read_identity(self) -> str | None:
@@ -339,14 +393,49 @@ def _disk_full(error: sqlite3.Error | OSError) -> bool:
     return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
-def _filters(state: JobState | None, batch_id: str) -> tuple[str, tuple[str, ...]]:
+_SIDE = ("", "-wal", "-shm")  # the database's files: suffixes of its name
+
+
+def _make_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (the umask
+    cannot widen it: the mode is set again after creating)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` as the whole of ``path``, mode 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    with open(fd, "wb") as f:
+        os.fchmod(fd, FILE_MODE)
+        f.write(data)
+
+
+def _filters(
+    *,
+    state: JobState | None = None,
+    batch_id: str | None,
+    owner: str | None,
+    all_batches: bool = True,
+) -> tuple[str, tuple[str, ...]]:
+    """The WHERE clause for these filters; with ``all_batches`` an empty
+    ``batch_id`` means any batch, else it means the jobs in none."""
     clauses, params = [], []
     if state:
         clauses.append("state=?")
         params.append(state.value)
-    if batch_id:
+    if batch_id or not all_batches:
         clauses.append("batch_id=?")
-        params.append(batch_id)
+        params.append(batch_id or "")
+    if owner is not None:
+        clauses.append("owner=?")
+        params.append(owner)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
@@ -372,6 +461,7 @@ def new_row(job: Job) -> Row:
         job.created_at,
         job.started_at,
         job.finished_at,
+        job.owner,
     )
 
 
@@ -408,6 +498,7 @@ def _job(row: Record) -> Job:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         outcome=row["outcome"],
+        owner=row["owner"],
     )
     if row["error_kind"]:
         job.error = error_from_record(

@@ -106,12 +106,15 @@ class JournalWriter:
     async def unfinished(self) -> list[Job]:
         return [job_from_row(row) for row in await self._read(self._journal.unfinished)]
 
-    async def list_jobs(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
-        rows = await self._read(lambda: self._journal.list(state, batch_id, limit))
+    async def list_jobs(
+        self, state: JobState | None, batch_id: str, limit: int, owner: str | None
+    ) -> list[Job]:
+        """Newest first; only ``owner``'s jobs unless it is None."""
+        rows = await self._read(lambda: self._journal.list(state, batch_id, limit, owner))
         return [job_from_row(row) for row in rows]
 
-    async def batch(self, batch_id: str) -> BatchCounts:
-        return await self._read(lambda: self._journal.batch(batch_id))
+    async def batch(self, batch_id: str, owner: str | None) -> BatchCounts:
+        return await self._read(lambda: self._journal.batch(batch_id, owner))
 
     async def expire(self, finished_before: float) -> int:
         return await self._read(lambda: self._journal.expire(finished_before))

@@ -1,20 +1,39 @@
 """The gRPC ``Pool`` service: the one place where requests become jobs and
-server errors become gRPC statuses."""
+server errors become gRPC statuses.
+
+Every field a request carries is checked here before it reaches the
+tracker or the pool: strings against their lengths, numbers against what
+can be stored and answered (``pool_wire.limits``), so that no request can
+make a later reply unencodable for everyone (issue 9). Who is calling comes
+from the auth interceptor (:func:`current_caller`); the tracker shows each
+caller only the jobs it may see.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
 from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_server.auth import Caller, current_caller
 from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
 from pool_server.jobs import Job
 from pool_server.supervisor import WorkerPool
 from pool_server.tracker import JobTracker
-from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.limits import (
+    MAX_BATCH_ID_CHARS,
+    MAX_ID_CHARS,
+    MAX_LIST_LIMIT,
+    MAX_NAME_CHARS,
+    MAX_PAYLOAD_BYTES,
+    MAX_RETRIES,
+    MAX_TIME_LIMIT_S,
+    brief,
+)
 from pool_wire.names import FINISHED_STATES, JobState
 
 # The server gives up this much before the client's deadline, so that its
@@ -71,10 +90,11 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             _check_sizes(payloads)
             jobs = await self._tracker.submit(
                 payloads,
-                retries=request.retries,
-                time_limit=request.time_limit_s or None,
-                batch_id=request.batch_id,
-                name=request.name,
+                owner=_caller().name,
+                retries=_retries(request.retries),
+                time_limit=_time_limit(request.time_limit_s),
+                batch_id=_text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS),
+                name=_text("name", request.name, MAX_NAME_CHARS),
                 item_counts=list(request.item_counts),
             )
         self.jobs_submitted += len(jobs)
@@ -84,20 +104,20 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobStatus:
         async with _status_on_error(context):
-            return _status(await self._tracker.get(request.job_id))
+            return _status(await self._tracker.get(_job_id(request), _caller()))
 
     async def WatchJob(
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pool_pb2.JobStatus]:
         async with _status_on_error(context):
-            async for job in self._tracker.watch(request.job_id):
+            async for job in self._tracker.watch(_job_id(request), _caller()):
                 yield _status(job)
 
     async def GetResult(
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobResult:
         async with _status_on_error(context):
-            job = await self._tracker.get(request.job_id)
+            job = await self._tracker.get(_job_id(request), _caller())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_budget(context)):
                     await asyncio.shield(job.done)
@@ -110,24 +130,27 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobStatus:
         async with _status_on_error(context):
-            return _status(await self._tracker.cancel(request.job_id))
+            return _status(await self._tracker.cancel(_job_id(request), _caller()))
 
     async def ListJobs(
         self, request: pool_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.ListJobsReply:
         async with _status_on_error(context):
-            state = JobState.from_proto(request.state) if request.state else None
-            jobs = await self._tracker.list_jobs(state, request.batch_id, request.limit)
+            state = _state(request.state) if request.state else None
+            batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
+            limit = min(request.limit, MAX_LIST_LIMIT)  # more is clamped, as documented
+            jobs = await self._tracker.list_jobs(state, batch_id, limit, _caller())
             return pool_pb2.ListJobsReply(jobs=[_status(job) for job in jobs])
 
     async def GetBatch(
         self, request: pool_pb2.BatchRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.BatchStatus:
         async with _status_on_error(context):
-            counts = await self._tracker.batch(request.batch_id)
+            batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
+            counts = await self._tracker.batch(batch_id, _caller())
             finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
             return pool_pb2.BatchStatus(
-                batch_id=request.batch_id,
+                batch_id=batch_id,
                 total=counts.total,
                 states=counts.states,
                 percent_done=100.0 * finished / counts.total,
@@ -136,7 +159,8 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     async def _run(self, request: pool_pb2.RunRequest, budget: float | None) -> Job:
         payload = request.payload  # each read of a protobuf bytes field is a copy
         _check_sizes([payload])
-        job = Job(payload, max_attempts=request.retries + 1, listeners=self._pool.job_listeners)
+        retries = _retries(request.retries)
+        job = Job(payload, max_attempts=retries + 1, listeners=self._pool.job_listeners)
         queued = False
         try:
             async with asyncio.timeout(budget):
@@ -154,10 +178,12 @@ class PoolService(pool_pb2_grpc.PoolServicer):
 
     def _deadline_message(self, job: Job, queued: bool, seconds: float | None) -> str:
         if not queued:
+            queue = self._pool.queue
             return (
                 f"the call's {seconds:.3g} s deadline passed while the job queue was full "
-                f"({self._pool.queue.maxsize} waiting); retry later, or start the server "
-                "with more --workers or a larger --queue-size"
+                f"({len(queue)} of {queue.maxsize} jobs waiting, {queue.bytes} bytes of payloads "
+                f"of --max-queued-bytes {queue.max_bytes}); retry later, or start the server "
+                "with more --workers, a larger --queue-size or --max-queued-bytes"
             )
         if not job.attempts:
             return f"the call waited in the queue for its whole {seconds:.3g} s deadline"
@@ -180,6 +206,50 @@ async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[N
 def _budget(context: grpc.aio.ServicerContext) -> float | None:
     remaining: float | None = context.time_remaining()
     return None if remaining is None else max(remaining - DEADLINE_MARGIN_S, 0.0)
+
+
+def _caller() -> Caller:
+    """Who sent the RPC being handled; fails closed if nobody says."""
+    try:
+        return current_caller()
+    except LookupError:  # the auth interceptor is missing: a bug, never "everyone"
+        raise CallError("internal error: the call has no caller (no auth interceptor)") from None
+
+
+def _text(field: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise InvalidCall(
+            f"{field} is at most {limit} characters, got {len(value)}: {brief(value)}"
+        )
+    return value
+
+
+def _job_id(request: pool_pb2.JobRef) -> str:
+    return _text("job_id", request.job_id, MAX_ID_CHARS)
+
+
+def _retries(retries: int) -> int:
+    if retries > MAX_RETRIES:
+        raise InvalidCall(f"retries is at most {MAX_RETRIES}, got {retries}")
+    return retries
+
+
+def _time_limit(seconds: float) -> float | None:
+    """A job's time limit, ``None`` for 0 (none); NaN, infinite, negative and
+    absurdly long ones are refused (NaN once killed the job's worker)."""
+    if not (math.isfinite(seconds) and 0.0 <= seconds <= MAX_TIME_LIMIT_S):
+        raise InvalidCall(
+            f"time_limit_s must be 0 (none) or a number of seconds up to "
+            f"{MAX_TIME_LIMIT_S:.0f} (a year), got {seconds!r}"
+        )
+    return seconds or None
+
+
+def _state(value: int) -> JobState:
+    try:
+        return JobState.from_proto(value)
+    except ValueError:
+        raise InvalidCall(f"state {value} is not a job state this server knows") from None
 
 
 def _check_sizes(payloads: Iterable[bytes]) -> None:

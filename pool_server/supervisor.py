@@ -15,7 +15,9 @@ no job sits pre-assigned to a busy worker. A worker that fails to start is
 retried with exponential backoff; one that dies while running a job is
 replaced at once, and only that job fails. What becomes of a job (retry,
 fail, time out) is the job's own decision (``jobs.py``); the supervisor
-only tells it what happened and puts it back in the queue when it asks.
+only tells it what happened and puts it back in the queue when it asks:
+at once, or, after a crash, once its backoff has passed (a timer, so that
+the wait holds neither a worker slot nor a place at the head of the queue).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool_server.cgroup import SlotCgroups, open_slot_cgroups
 from pool_server.errors import CallError, ShuttingDown, WorkerCrashed
 from pool_server.events import Listeners
 from pool_server.jobs import Job, JobChange
@@ -113,12 +116,15 @@ class WorkerPool:
     their changes to ``worker_listeners``.
     """
 
-    def __init__(self, size: int, queue_size: int) -> None:
+    def __init__(self, size: int, queue_size: int, max_queued_bytes: int) -> None:
         self.job_listeners: Listeners[JobChange] = Listeners("jobs")
         self.worker_listeners: Listeners[WorkerChange] = Listeners("workers")
         self.workers = [Worker(id=i, listeners=self.worker_listeners) for i in range(1, size + 1)]
-        self.queue: JobQueue[Job] = JobQueue(queue_size)
+        self.queue: JobQueue[Job] = JobQueue(queue_size, max_queued_bytes, _payload_size)
+        # Jobs waiting out their crash backoff before they are queued again.
+        self._backing_off: dict[Job, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._cgroups: SlotCgroups | None = None  # set by open_pool; None: process groups only
         self._draining = asyncio.Event()  # set: take no new jobs
 
     def __repr__(self) -> str:
@@ -142,6 +148,7 @@ class WorkerPool:
         next start if it has attempts left).
         """
         self._draining.set()
+        self._stop_backoffs()
         for job in self.queue.snapshot():
             job.abandoned(ShuttingDown("the server is stopping; the call did not start"))
             if job.state.finished:
@@ -209,7 +216,7 @@ class WorkerPool:
         while True:
             _set_state(worker, WorkerState.STARTING)
             try:
-                worker.process = await WorkerProcess.start(worker.id)
+                worker.process = await WorkerProcess.start(worker.id, self._cgroups)
             except WorkerStartError as e:
                 _set_state(worker, WorkerState.DEAD)
                 log.error("worker %d failed to start: %s; retrying in %.1f s", worker.id, e, delay)
@@ -268,6 +275,10 @@ class WorkerPool:
             self.queue.requeue(job)
         worker.jobs_done += 1
         worker.job = None
+        if process.retiring is not None:  # the call left it unfit; it exits by itself
+            _set_state(worker, WorkerState.STOPPING)
+            await process.stop()
+            return False
         _set_state(worker, WorkerState.IDLE)
         return True
 
@@ -290,12 +301,31 @@ class WorkerPool:
             f"{message}; the call did not finish and the worker was restarted", worker.id, code
         )
         if job.crashed(error):
-            self.queue.requeue(job)
+            delay = job.crash_backoff
+            log.info("job %s queued again in %.1f s", job.id, delay)
+            loop = asyncio.get_running_loop()
+            self._backing_off[job] = loop.call_later(delay, self._backed_off, job)
+
+    def _backed_off(self, job: Job) -> None:
+        """A crashed job's backoff is over: back in the queue, at its tail
+        (unless it was cancelled meanwhile)."""
+        del self._backing_off[job]
+        if job.state is JobState.QUEUED and not self._draining.is_set():
+            self.queue.put_nowait(job)
+
+    def _stop_backoffs(self) -> None:
+        """The pool is stopping: jobs waiting out a backoff are treated as
+        queued ones (a call fails; a durable job stays QUEUED in the journal)."""
+        for job, timer in self._backing_off.items():
+            timer.cancel()
+            job.abandoned(ShuttingDown("the server stopped before the call ran again"))
+        self._backing_off.clear()
 
     async def _close(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._stop_backoffs()
         while (job := self.queue.get_nowait()) is not None:
             job.abandoned(ShuttingDown("the server stopped before the call ran"))
         async with asyncio.TaskGroup() as tg:
@@ -308,16 +338,23 @@ class WorkerPool:
                     tg.create_task(worker.process.kill())  # busy past the grace
 
 
+def _payload_size(job: Job) -> int:
+    return len(job.payload)
+
+
 def _progressed(job: Job, progress: Progress) -> None:
     job.progressed(progress.fraction, progress.message)
 
 
 @contextlib.asynccontextmanager
-async def open_pool(size: int, queue_size: int) -> AsyncIterator[WorkerPool]:
+async def open_pool(size: int, queue_size: int, max_queued_bytes: int) -> AsyncIterator[WorkerPool]:
     """Start the pool's slots; on exit stop every worker and leave none behind."""
-    pool = WorkerPool(size, queue_size)
+    pool = WorkerPool(size, queue_size, max_queued_bytes)
+    pool._cgroups = await open_slot_cgroups(size)
     pool._tasks = [asyncio.create_task(pool._serve(w), name=f"worker-{w.id}") for w in pool.workers]
     try:
         yield pool
     finally:
         await asyncio.shield(pool._close())
+        if pool._cgroups is not None:
+            await asyncio.shield(pool._cgroups.close())

@@ -9,6 +9,11 @@ each unfinished job in the journal is told it was interrupted
 
 Every journal error reaches the caller as :class:`JournalUnavailable`, a
 gRPC status whose message says what to do.
+
+Each job records its owner, the name of the token that submitted it. A
+caller that is not an admin lists, reads, watches and cancels only its own
+jobs; another's job or batch answers as not found, exactly as one that
+never existed, so that ids cannot be probed (issue 9, "Who sees what").
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
+from pool_server.auth import Caller
 from pool_server.errors import InvalidCall, JobNotFound, JournalUnavailable, QueueFull
 from pool_server.jobs import Job, JobChange, new_job_id
 from pool_server.journal import BatchCounts, JournalError
 from pool_server.journal_writer import JournalWriter
 from pool_server.supervisor import WorkerPool
+from pool_wire.limits import MAX_ITEMS_PER_JOB, brief
 from pool_wire.names import JobState
 
 log = logging.getLogger("pool_server.tracker")
@@ -43,6 +50,7 @@ class JobTracker:
         self._result_ttl = result_ttl
         self._live: dict[str, Job] = {}
         self._reserved = 0  # queue places held by submits waiting for their commit
+        self._reserved_bytes = 0  # and the bytes of their payloads
         # Finished jobs whose end is not journaled yet: resolved once it is,
         # or once journaling it failed (the job is then answered from memory).
         self._unsettled: dict[str, asyncio.Future[None]] = {}
@@ -76,27 +84,24 @@ class JobTracker:
         self,
         payloads: list[bytes],
         *,
+        owner: str,
         retries: int,
         time_limit: float | None,
         batch_id: str,
         name: str,
         item_counts: list[int],
     ) -> list[Job]:
-        """Journal and queue new jobs, all or none; never waits for room."""
+        """Journal and queue new jobs, all or none; never waits for room.
+
+        ``owner`` is the submitting caller's name; the other fields are
+        checked by the service, bar how payloads and item counts fit together.
+        """
         if not payloads or not all(payloads):
             raise InvalidCall("Submit needs at least one payload, and no empty payloads")
-        if item_counts and (len(item_counts) != len(payloads) or min(item_counts) < 1):
-            raise InvalidCall("item_counts needs one count of at least 1 per payload")
+        _check_item_counts(item_counts, len(payloads))
         if time_limit is not None and time_limit < 0:
             raise InvalidCall(f"time limit must be 0 (none) or more seconds, got {time_limit}")
-        queue = self._pool.queue
-        room = queue.maxsize - len(queue) - self._reserved
-        if len(payloads) > room:
-            raise QueueFull(
-                f"{len(payloads)} jobs do not fit: the queue holds {len(queue)} of "
-                f"{queue.maxsize}; submit fewer at a time, retry later, or start "
-                "the server with a larger --queue-size"
-            )
+        self._check_room(payloads)
         jobs = [
             Job(
                 payload,
@@ -107,34 +112,61 @@ class JobTracker:
                 batch_id=batch_id,
                 name=name,
                 items=items,
+                owner=owner,
                 listeners=self._pool.job_listeners,
             )
             for payload, items in zip(payloads, item_counts or [1] * len(payloads), strict=True)
         ]
         # Once committed the jobs must be queued, even if the caller has gone.
+        size = sum(len(payload) for payload in payloads)
         self._reserved += len(jobs)
-        await asyncio.shield(asyncio.ensure_future(self._admit(jobs)))
+        self._reserved_bytes += size
+        await asyncio.shield(asyncio.ensure_future(self._admit(jobs, size)))
         return jobs
 
-    async def _admit(self, jobs: list[Job]) -> None:
+    def _check_room(self, payloads: list[bytes]) -> None:
+        """Refuse a submit the queue has no room for, in jobs or in bytes
+        (with what is already promised to submits waiting for their commit).
+        A queue with nothing in it or promised takes any one submit, however
+        large: it is in memory already, and could otherwise never run."""
+        queue = self._pool.queue
+        if len(payloads) > queue.maxsize - len(queue) - self._reserved:
+            raise QueueFull(
+                f"{len(payloads)} jobs do not fit: the queue holds {len(queue)} of "
+                f"{queue.maxsize}; submit fewer at a time, retry later, or start "
+                "the server with a larger --queue-size"
+            )
+        size = sum(len(payload) for payload in payloads)
+        queued = queue.bytes + self._reserved_bytes
+        if queued and queued + size > queue.max_bytes:
+            raise QueueFull(
+                f"{size} bytes of payloads do not fit: the queue holds {queued} of its "
+                f"{queue.max_bytes} bytes (--max-queued-bytes); submit less at a time, "
+                "retry later, or start the server with a larger --max-queued-bytes"
+            )
+
+    async def _admit(self, jobs: list[Job], size: int) -> None:
         try:
             await self._journal.add(jobs)
         except JournalError as e:
             raise JournalUnavailable(f"the jobs were not submitted: {e}") from e
         finally:
             self._reserved -= len(jobs)
+            self._reserved_bytes -= size
         for job in jobs:
             self._live[job.id] = job
             self._pool.queue.put_nowait(job)
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str, caller: Caller) -> Job:
+        """The job, if ``caller`` may see it; else :class:`JobNotFound`, the
+        same as for a job that does not exist."""
         job = self._live.get(job_id)
         if job is None:
             job = await _translated(self._journal.get(job_id))
-        if job is None:
+        if job is None or not caller.may_see(job.owner):
             raise JobNotFound(
-                f"no job {job_id!r} on this server: never submitted here, or finished more "
-                "than --result-ttl ago"
+                f"no job {brief(job_id)} on this server: never submitted here (with this "
+                "token), or finished more than --result-ttl ago"
             )
         return job
 
@@ -145,26 +177,33 @@ class JobTracker:
         if pending is not None:
             await asyncio.shield(pending)
 
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
+    async def cancel(self, job_id: str, caller: Caller) -> Job:
+        job = await self.get(job_id, caller)
         self._pool.cancel(job)
         return job
 
-    async def list_jobs(self, state: JobState | None, batch_id: str, limit: int) -> list[Job]:
+    async def list_jobs(
+        self, state: JobState | None, batch_id: str, limit: int, caller: Caller
+    ) -> list[Job]:
+        """Newest first: every job for an admin, the caller's own for others."""
+        owner = None if caller.admin else caller.name
         jobs = await _translated(
-            self._journal.list_jobs(state, batch_id, limit or DEFAULT_LIST_LIMIT)
+            self._journal.list_jobs(state, batch_id, limit or DEFAULT_LIST_LIMIT, owner)
         )
         return [self._live.get(job.id, job) for job in jobs]  # live ones carry progress
 
-    async def batch(self, batch_id: str) -> BatchCounts:
-        counts = await _translated(self._journal.batch(batch_id))
+    async def batch(self, batch_id: str, caller: Caller) -> BatchCounts:
+        """The batch's calls per state; a caller that is not an admin counts
+        only its own jobs in it."""
+        owner = None if caller.admin else caller.name
+        counts = await _translated(self._journal.batch(batch_id, owner))
         if not counts.total:
-            raise JobNotFound(f"no batch {batch_id!r} on this server")
+            raise JobNotFound(f"no batch {brief(batch_id)} on this server")
         return counts
 
-    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+    async def watch(self, job_id: str, caller: Caller) -> AsyncIterator[Job]:
         """The job now, then after every change, until it is finished."""
-        job = await self.get(job_id)
+        job = await self.get(job_id, caller)
         while True:
             changed = job.next_change()
             yield job
@@ -206,6 +245,18 @@ class JobTracker:
                 _resolve(self._unsettled.pop(job_id, None))
         for job_id in failed:
             _resolve(self._unsettled.get(job_id))
+
+
+def _check_item_counts(item_counts: list[int], payloads: int) -> None:
+    """Empty (one call each), or one count per payload of 1 to MAX_ITEMS_PER_JOB."""
+    if not item_counts:
+        return
+    if len(item_counts) != payloads or min(item_counts) < 1:
+        raise InvalidCall("item_counts needs one count of at least 1 per payload")
+    if max(item_counts) > MAX_ITEMS_PER_JOB:
+        raise InvalidCall(
+            f"item_counts are at most {MAX_ITEMS_PER_JOB} calls per payload, got {max(item_counts)}"
+        )
 
 
 def _resolve(future: asyncio.Future[None] | None) -> None:

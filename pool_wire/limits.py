@@ -18,3 +18,44 @@ GRPC_MESSAGE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
+
+# Lengths of the strings a request names things by. Ids are made by the
+# server (20 characters) but a client may send anything; names and batch ids
+# come from people. Every one is stored with each job, journaled, and
+# answered in every listing, so each is bounded: a megabyte name on 64
+# payloads once grew the journal by 388 MB and one ListJobs reply to 128 MB.
+MAX_ID_CHARS = 256  # a job id, as sent in a JobRef
+MAX_BATCH_ID_CHARS = 256
+MAX_NAME_CHARS = 1024
+# A progress message is kept with its job and listed like a name; a longer
+# one is cut (the function's own report, so cutting it refuses nobody).
+MAX_PROGRESS_MESSAGE_CHARS = 1024
+
+# Further attempts a call may ask for. Each retry after a crash costs a worker
+# restart; 100 is more than any flaky function needs, and keeps max_attempts
+# (a uint32 on the wire) far from overflowing.
+MAX_RETRIES = 100
+
+# Calls one submitted job may carry (a map chunk carries many): it fits an
+# int32 in any language, and a batch's totals (uint64) cannot overflow.
+MAX_ITEMS_PER_JOB = (1 << 31) - 1
+
+# The longest time limit a job may set: a year; longer is a mistake, and
+# far longer ones (1e300) do not fit the event loop's timers.
+MAX_TIME_LIMIT_S = 365 * 24 * 3600.0
+
+# The most jobs one ListJobs answers; a larger limit is clamped to it, so
+# that one reply stays a few megabytes whatever was asked.
+MAX_LIST_LIMIT = 10_000
+
+# How much of a string from a request an error message quotes: enough to
+# recognise it, never so much that the message (which travels in a header)
+# outgrows gRPC's metadata limit.
+ECHO_CHARS = 64
+
+
+def brief(text: str) -> str:
+    """``text`` quoted for an error message: its first ECHO_CHARS characters."""
+    if len(text) <= ECHO_CHARS:
+        return repr(text)
+    return f"{text[:ECHO_CHARS]!r}… ({len(text)} characters)"
