@@ -59,9 +59,10 @@ class ServerProcess:
     address: str
     log_path: Path
     worker_pids: set[int] = field(default_factory=set)
+    token: str | None = field(default=None, repr=False)  # None: the environment's
 
     def client(self) -> Client:
-        return Client(self.address)
+        return Client(self.address, token=self.token)
 
     def pids(self) -> list[int]:
         """Current worker pids (remembered, so stop() can check they all died)."""
@@ -94,8 +95,16 @@ class ServerProcess:
         return code
 
 
-def launch_server(log_path: Path, *args: str, cwd: Path | None = None) -> ServerProcess:
-    """Start a server; its journal lives next to its log unless ``args`` say otherwise."""
+def launch_server(
+    log_path: Path,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+) -> ServerProcess:
+    """Start a server; its journal lives next to its log unless ``args`` say
+    otherwise. ``env`` replaces the environment; ``token`` is what the
+    fixture's own clients send (default: the environment's)."""
     if "--state-dir" not in args:
         args = (*args, "--state-dir", str(log_path.with_suffix(".state")))
     log = log_path.open("ab")
@@ -104,6 +113,7 @@ def launch_server(log_path: Path, *args: str, cwd: Path | None = None) -> Server
         stdout=subprocess.PIPE,
         stderr=log,
         cwd=cwd,
+        env=env,
     )
     log.close()
     assert proc.stdout is not None
@@ -114,7 +124,7 @@ def launch_server(log_path: Path, *args: str, cwd: Path | None = None) -> Server
         proc.kill()
         proc.wait()
         pytest.fail(f"server did not start: {line!r}\n{log_path.read_text(errors='replace')}")
-    server = ServerProcess(proc, f"{match[1].decode()}:{match[2].decode()}", log_path)
+    server = ServerProcess(proc, f"{match[1].decode()}:{match[2].decode()}", log_path, token=token)
     server.pids()
     return server
 
@@ -127,8 +137,14 @@ def start_server(tmp_path: Path) -> Iterator[StartServer]:
     """Factory: ``start_server("--workers", "2")``; every server is stopped after the test."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, cwd: Path | None = None) -> ServerProcess:
-        server = launch_server(tmp_path / f"server{len(servers)}.log", *args, cwd=cwd)
+    def start(
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> ServerProcess:
+        log_path = tmp_path / f"server{len(servers)}.log"
+        server = launch_server(log_path, *args, cwd=cwd, env=env, token=token)
         servers.append(server)
         return server
 
