@@ -104,7 +104,8 @@ def launch_server(
 ) -> ServerProcess:
     """Start a server; its journal lives next to its log unless ``args`` say
     otherwise. ``env`` replaces the environment; ``token`` is what the
-    fixture's own clients send (default: the environment's)."""
+    fixture's own clients send (default: the environment's). A server given
+    ``--tls-cert`` gets a ``grpcs://`` address (its CA from $POOL_TLS_CA)."""
     if "--state-dir" not in args:
         args = (*args, "--state-dir", str(log_path.with_suffix(".state")))
     log = log_path.open("ab")
@@ -124,7 +125,9 @@ def launch_server(
         proc.kill()
         proc.wait()
         pytest.fail(f"server did not start: {line!r}\n{log_path.read_text(errors='replace')}")
-    server = ServerProcess(proc, f"{match[1].decode()}:{match[2].decode()}", log_path, token=token)
+    scheme = "grpcs://" if "--tls-cert" in args else ""
+    address = f"{scheme}{match[1].decode()}:{match[2].decode()}"
+    server = ServerProcess(proc, address, log_path, token=token)
     server.pids()
     return server
 
