@@ -6,6 +6,16 @@ is the supervisor's job. Both pipes from the worker are drained from the
 moment it is spawned, READY handshake included: an unread stderr pipe would
 block a worker that is noisy while it starts until the READY timeout, and one
 that is noisy later forever (issue 8).
+
+What a worker writes to its fds 1 and 2 during a call (``os.write(1, ...)``
+bypasses the worker's capture) is logged up to ``OUTPUT_CAP_BYTES`` per
+call, then counted and dropped: one call must not fill the server's log
+(issue 9). Output before the first call (start-up, where a broken site
+module explains itself) is logged whole.
+
+A worker is stopped through its process group and, where the pool has
+them, its slot's cgroup (``pool_server.cgroup``), which also reaches the
+children that left its session.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pool_server.cgroup import SlotCgroups
 from pool_wire.protocol import (
     PROTOCOL_VERSION,
     JobOutcome,
@@ -29,6 +40,7 @@ from pool_wire.protocol import (
     Progress,
     ProtocolError,
     Ready,
+    Retiring,
     encode_parts,
 )
 
@@ -51,6 +63,12 @@ PIPE_DRAIN_TIMEOUT_S = 1.0
 
 # stderr is read in chunks and logged per line; longer lines are cut here.
 STDERR_CHUNK_BYTES = 64 * 1024
+
+# What one call may put in the log from the worker's fds 1 and 2, counting
+# each line's log prefix (LOG_LINE_COST_BYTES): a flood of empty lines costs
+# what it adds to the log. 64 KiB holds any traceback and a page of prints.
+OUTPUT_CAP_BYTES = 64 * 1024
+LOG_LINE_COST_BYTES = 64
 
 # A worker that dies before READY is described by the end of its stderr
 # (all of which is in the log): enough for a traceback's last frames.
@@ -75,10 +93,18 @@ class WorkerDied(Exception):
 class WorkerProcess:
     """A started worker that has said READY (see :meth:`start`)."""
 
-    def __init__(self, worker_id: int, proc: asyncio.subprocess.Process) -> None:
+    def __init__(
+        self, worker_id: int, proc: asyncio.subprocess.Process, cgroups: SlotCgroups | None
+    ) -> None:
         self.worker_id = worker_id
         self.pid = proc.pid
         self._proc = proc
+        self._cgroups = cgroups
+        # Why the worker asked to be replaced after its current job, if it did.
+        self.retiring: str | None = None
+        self._output_job: str | None = None  # whose output fds 1 and 2 carry; None: start-up
+        self._output_left = OUTPUT_CAP_BYTES
+        self._output_dropped = 0
         self._job_id = ""
         self._reply: asyncio.Future[JobOutcome] | None = None
         self._on_progress: Callable[[Progress], None] | None = None
@@ -100,7 +126,7 @@ class WorkerProcess:
         return f"<WorkerProcess worker={self.worker_id} pid={self.pid} rc={self._proc.returncode}>"
 
     @classmethod
-    async def start(cls, worker_id: int) -> WorkerProcess:
+    async def start(cls, worker_id: int, cgroups: SlotCgroups | None = None) -> WorkerProcess:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *WORKER_COMMAND,
@@ -112,11 +138,17 @@ class WorkerProcess:
             )
         except OSError as e:  # out of file descriptors, processes or memory
             raise WorkerStartError(f"cannot spawn {WORKER_COMMAND}: {e}") from e
-        process = cls(worker_id, proc)
+        if cgroups is not None:
+            try:
+                # Before READY, so before any call: nothing it starts is outside.
+                cgroups.add(worker_id, proc.pid)
+            except OSError as e:
+                log.error("worker %d: cannot put pid %d in its cgroup: %s", worker_id, proc.pid, e)
+        process = cls(worker_id, proc, cgroups)
         try:
             await process._handshake()
         except BaseException:
-            _signal_group(proc.pid, signal.SIGKILL)
+            process._kill_all()
             await proc.wait()
             await process._close()
             raise
@@ -147,6 +179,7 @@ class WorkerProcess:
             reply.set_exception(WorkerDied())
             return reply
         self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
+        self._start_output(job_id)
         stdin = self._proc.stdin
         for part in encode_parts(JobRequest(job_id, payload)):
             if stdin.is_closing() or self._exited.done():  # it died mid-line; `reply` says so
@@ -188,16 +221,19 @@ class WorkerProcess:
                     raise WorkerDied()
         finally:
             self._reply = self._on_progress = None
+            self._report_dropped()
         return reply.result() if reply.done() else None
 
     async def exit_code(self) -> int:
-        """Wait for a worker that closed its pipes to exit; kill it if it lingers."""
+        """Wait for a worker that closed its pipes to exit; kill it if it
+        lingers, and what it left behind either way."""
         try:
             async with asyncio.timeout(PIPE_DRAIN_TIMEOUT_S):
-                return await self._proc.wait()
+                await self._proc.wait()
         except TimeoutError:
             await self.kill()
-            return await self._proc.wait()
+        await self._close()
+        return await self._proc.wait()
 
     async def kill(self) -> None:
         """SIGTERM, then SIGKILL after TERM_GRACE_S; also reaps its children."""
@@ -207,7 +243,7 @@ class WorkerProcess:
                 async with asyncio.timeout(TERM_GRACE_S):
                     await self._proc.wait()
             except TimeoutError:
-                _signal_group(self.pid, signal.SIGKILL)
+                self._kill_all()
                 await self._proc.wait()
         await self._close()
 
@@ -239,11 +275,19 @@ class WorkerProcess:
 
     async def _close(self) -> None:
         """Kill whatever the worker left behind and stop reading its pipes."""
-        _signal_group(self.pid, signal.SIGKILL)
+        self._kill_all()
         readers = (self._stdout_reader, self._stderr_reader)
         _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT_S)
         for reader in pending:
             reader.cancel()
+        self._report_dropped()
+
+    def _kill_all(self) -> None:
+        """SIGKILL the worker's process group and, where there is one, its
+        cgroup, which also holds the children that made their own session."""
+        _signal_group(self.pid, signal.SIGKILL)
+        if self._cgroups is not None:
+            self._cgroups.kill(self.worker_id)
 
     def _mark_gone(self) -> None:
         if not self.gone.done():
@@ -265,7 +309,7 @@ class WorkerProcess:
         except ProtocolError as e:
             self.protocol_error = str(e)
             log.error("worker %d (pid %d) broke the protocol: %s", self.worker_id, self.pid, e)
-            _signal_group(self.pid, signal.SIGKILL)
+            self._kill_all()
         finally:
             if self._reply is not None and not self._reply.done():
                 self._reply.set_exception(WorkerDied())
@@ -282,6 +326,16 @@ class WorkerProcess:
         if isinstance(message, Progress):
             if self._on_progress is not None and message.job_id == self._job_id:
                 self._on_progress(message)
+            return
+        if isinstance(message, Retiring):
+            log.info(
+                "worker %d (pid %d) asks to be replaced after job %s: %s",
+                self.worker_id,
+                self.pid,
+                message.job_id,
+                message.reason,
+            )
+            self.retiring = message.reason
             return
         if not isinstance(message, JobOutcome):
             raise ProtocolError(f"unexpected {type(message).__name__} line")
@@ -306,18 +360,58 @@ class WorkerProcess:
         pending = b""
         while chunk := await self._proc.stderr.read(STDERR_CHUNK_BYTES):
             *lines, pending = (pending + chunk).split(b"\n")
-            if len(pending) >= STDERR_CHUNK_BYTES:
-                lines.append(pending)
-                pending = b""
             for line in lines:
-                self._log_stderr(line)
+                self._log_stderr(line, newline=True)
+            if len(pending) >= STDERR_CHUNK_BYTES:
+                self._log_stderr(pending, newline=False)
+                pending = b""
         if pending:
-            self._log_stderr(pending)
+            self._log_stderr(pending, newline=False)
 
-    def _log_stderr(self, line: bytes) -> None:
+    def _log_stderr(self, line: bytes, newline: bool) -> None:
+        if self._output_job is not None:  # in a call: within its cap
+            cost = len(line) + LOG_LINE_COST_BYTES
+            if cost > self._output_left:
+                kept = max(self._output_left - LOG_LINE_COST_BYTES, 0)
+                if self._output_dropped == 0 and self._output_left > 0:
+                    log.warning(
+                        "worker %d (pid %d): job %s wrote over %d bytes to fds 1 and 2; "
+                        "the rest is counted, not logged",
+                        self.worker_id,
+                        self.pid,
+                        self._output_job,
+                        OUTPUT_CAP_BYTES,
+                    )
+                self._output_dropped += len(line) + newline - kept
+                self._output_left = 0
+                if not kept:
+                    return
+                line = line[:kept]
+            else:
+                self._output_left -= cost
         text = line.decode(errors="replace").rstrip()
         self._stderr_tail.append(text)
         log.warning("worker %d (pid %d): %s", self.worker_id, self.pid, text)
+
+    def _start_output(self, job_id: str) -> None:
+        """From now on, output on fds 1 and 2 is ``job_id``'s, with a fresh cap."""
+        self._report_dropped()
+        self._output_job, self._output_left = job_id, OUTPUT_CAP_BYTES
+
+    def _report_dropped(self) -> None:
+        """Say how much of the current call's output was dropped since the
+        last report: at its end, and again for whatever came after."""
+        if self._output_dropped:
+            log.warning(
+                "worker %d (pid %d): dropped %d bytes of output from job %s "
+                "(over the %d-byte cap per call)",
+                self.worker_id,
+                self.pid,
+                self._output_dropped,
+                self._output_job,
+                OUTPUT_CAP_BYTES,
+            )
+            self._output_dropped = 0
 
 
 async def _first_done(futures: tuple[asyncio.Future[Any], ...], limit_s: float | None) -> None:
