@@ -42,6 +42,18 @@ from pool_wire.source_files import same_module_functions
 
 _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pickled by value
 
+# tblib pickles a traceback as a chain nested one level per frame, so a
+# RecursionError's ~1,000 frames exceed pickle's own recursion limit and the
+# client got a RemoteError instead. A traceback is cut to its first and last
+# frames, which show where the recursion was entered and where it ended; 100
+# pickle (and unpickle) well within the limit.
+TRACEBACK_HEAD_FRAMES = 20
+TRACEBACK_TAIL_FRAMES = 80
+
+# How many chained exceptions (__cause__, __context__) are trimmed; a longer
+# chain is as rare as it is unreadable.
+MAX_CHAINED_EXCEPTIONS = 20
+
 
 @dataclass
 class _Ran:
@@ -248,6 +260,7 @@ def _encode_json(ran: _Ran) -> bytes:
 def _pickle_exception(error: BaseException) -> bytes:
     """The exception itself, with its traceback (tblib), or b"" if it won't pickle."""
     _drop_own_frames(error)
+    _trim_tracebacks(error)
     # Classes created after start-up (by unpickling) also need tblib's reducer.
     pickling_support.install(error)
     try:
@@ -270,6 +283,36 @@ def _drop_own_frames(error: BaseException) -> None:
         tb = tb.tb_next
     if tb is not None:
         error.__traceback__ = tb
+
+
+def _trim_tracebacks(error: BaseException) -> None:
+    """Cut each traceback in ``error``'s chain to its first and last frames,
+    with a note saying how many were left out (see TRACEBACK_HEAD_FRAMES)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending and len(seen) < MAX_CHAINED_EXCEPTIONS:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        _trim_traceback(current)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
+def _trim_traceback(error: BaseException) -> None:
+    frames: list[types.TracebackType] = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    omitted = len(frames) - TRACEBACK_HEAD_FRAMES - TRACEBACK_TAIL_FRAMES
+    if omitted <= 0:
+        return
+    frames[TRACEBACK_HEAD_FRAMES - 1].tb_next = frames[-TRACEBACK_TAIL_FRAMES]
+    error.add_note(
+        f"(traceback trimmed by the worker: {omitted} of {len(frames)} frames left out "
+        f"between the first {TRACEBACK_HEAD_FRAMES} and the last {TRACEBACK_TAIL_FRAMES})"
+    )
 
 
 def _error_info(error: BaseException, context: str) -> ErrorInfo:
