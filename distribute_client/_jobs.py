@@ -9,9 +9,10 @@ from typing import Generic, TypeVar
 
 from distribute_client import _codec, _transport
 from distribute_client._sync import run_sync
-from distribute_client.errors import CallTimeoutError
+from distribute_client.errors import CallTimeoutError, SerializationError
 from pool_proto import pool_pb2
 from pool_wire.names import JobState
+from pool_wire.payload import is_json
 
 R = TypeVar("R")
 
@@ -92,8 +93,19 @@ class Job(Generic[R]):
         """State, progress and message, attempts, worker, and times."""
         return run_sync(self.async_status())
 
-    async def async_result(self, timeout: float | None = None) -> R:  # noqa: ASYNC109 - as result()
+    async def async_result(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - as result()
+        *,
+        unpickle: bool = True,
+    ) -> R:
         status, outcome = await self.async_outcome(timeout)
+        if not unpickle and not is_json(outcome):
+            raise SerializationError(
+                f"the result of job {self.id} is a pickle (the job was submitted from Python); "
+                "unpickling it runs whatever code its submitter chose, so it was not unpickled "
+                "(pass unpickle=True, or pool-client result --unpickle, if you trust them)"
+            )
         value: R = _codec.decode_outcome(outcome, self.name, self.where(status))
         return value
 
@@ -117,10 +129,16 @@ class Job(Generic[R]):
     def where(self, status: JobStatus) -> str:
         return f"worker {status.worker_id} of {self.address} (job {self.id})"
 
-    def result(self, timeout: float | None = None) -> R:
+    def result(self, timeout: float | None = None, *, unpickle: bool = True) -> R:
         """Wait for the job and return its value, or raise its error as
-        ``compute()`` would; CallTimeoutError if ``timeout`` passes first."""
-        return run_sync(self.async_result(timeout))
+        ``compute()`` would; CallTimeoutError if ``timeout`` passes first.
+
+        A JSON call's result is read as JSON, never unpickled. With
+        ``unpickle=False`` a pickled result (a Python submitter's) raises
+        SerializationError instead of running the submitter's ``__reduce__``:
+        for reading results you did not submit yourself.
+        """
+        return run_sync(self.async_result(timeout, unpickle=unpickle))
 
     async def async_cancel(self) -> JobStatus:
         reply = await _transport.cancel_job(

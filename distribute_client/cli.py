@@ -8,11 +8,13 @@
 
 ``submit`` sends a JSON call: the function is imported *on the server* by
 name, each ARG is a JSON value (text that is not JSON is taken as a string),
-so no pickling happens here. Output is for people; ``--json`` prints JSON
+so no pickling happens here; ``result`` reads JSON results, and pickled ones
+(submitted from Python) only with ``--unpickle``. Output is for people; ``--json`` prints JSON
 for scripts (a job's id is ``id`` in all of it). Exit codes: 0 done, 1 the
 job failed (its error is printed), 2 bad usage (a malformed --server or
 $POOL_SERVER among it), 3 not finished in time, 4 cancelled, 5 no such job,
-6 no server (or it is shutting down, or cannot reach its journal).
+6 no server (or it is shutting down, or cannot reach its journal), 7 the
+server refused the token (or none was found).
 
 Only the public client API is used here: what this tool does, a script can.
 """
@@ -26,9 +28,11 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from distribute_client import (
+    AuthenticationError,
     CallTimeoutError,
     Client,
     Job,
@@ -38,10 +42,12 @@ from distribute_client import (
     PoolError,
     ProtocolError,
     RemoteError,
+    SerializationError,
     ServerUnavailableError,
     WorkerCrashedError,
 )
 from pool_wire.names import JobState
+from pool_wire.tokens import parse_tokens
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -50,10 +56,12 @@ EXIT_TIMEOUT = 3
 EXIT_CANCELLED = 4
 EXIT_NOT_FOUND = 5
 EXIT_UNAVAILABLE = 6
+EXIT_REFUSED = 7
 
 # The most specific class first: the first match decides the exit code.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ServerUnavailableError, EXIT_UNAVAILABLE),
+    (AuthenticationError, EXIT_REFUSED),
     # InvalidRequestError: the server refused the request as malformed (and
     # its base, an answer this client cannot read: a version mismatch).
     (ProtocolError, EXIT_USAGE),
@@ -78,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is _submit:
         args.kwargs = _kwargs(parser, args.kwargs)
     try:
-        client = Client(args.server)
-    except ValueError as e:  # a malformed --server or $POOL_SERVER
+        client = Client(args.server, token=_token(args.token_file))
+    except ValueError as e:  # a malformed --server, $POOL_SERVER or token file
         print(f"pool-client: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -129,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("job_id", metavar="JOB_ID")
         if name == "result":
             sub.add_argument("--timeout", type=float, help="give up after this many seconds")
+            sub.add_argument(
+                "--unpickle",
+                action="store_true",
+                help="also read results submitted from Python, which are pickles: unpickling "
+                "runs code the submitter chose (JSON results never need it)",
+            )
     jobs = command("jobs", _jobs, "list jobs, newest first")
     jobs.add_argument(
         "--state", choices=[state.value for state in JobState], help="only jobs in this state"
@@ -144,7 +158,15 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--server",
         default=default,
-        help="host:port (default: $POOL_SERVER, else 127.0.0.1:50051)",
+        help="host:port, or grpcs://host:port for TLS (default: $POOL_SERVER, else "
+        "127.0.0.1:50051); TLS files from $POOL_TLS_CA, $POOL_TLS_CERT and $POOL_TLS_KEY",
+    )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        default=default,
+        help="send the first token of this file (default: $POOL_TOKEN, $POOL_TOKEN_FILE, "
+        "else the default state dir's token file)",
     )
     parser.add_argument(
         "--json",
@@ -165,6 +187,19 @@ def _workers(client: Client, args: argparse.Namespace) -> int:
             f"  worker {w.id}: {w.state:8} pid {w.pid:<7} {w.jobs_done} jobs, {w.restarts} restarts"
         )
     return EXIT_OK
+
+
+def _token(path: Path | None) -> str | None:
+    """The first token of ``path``; None (the default lookup) without one."""
+    if path is None:
+        return None
+    try:
+        tokens = parse_tokens(path.read_text(), str(path))
+    except OSError as e:
+        raise ValueError(f"cannot read the token file {path}: {e.strerror}") from None
+    if not tokens:
+        raise ValueError(f"the token file {path} holds no token")
+    return tokens[0].secret
 
 
 def _function_name(text: str) -> str:
@@ -202,7 +237,13 @@ def _status(client: Client, args: argparse.Namespace) -> int:
 
 
 def _result(client: Client, args: argparse.Namespace) -> int:
-    value = client.job(args.job_id).result(timeout=args.timeout)
+    try:
+        value = client.job(args.job_id).result(timeout=args.timeout, unpickle=args.unpickle)
+    except SerializationError as e:
+        if args.unpickle:
+            raise
+        print(f"pool-client: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         _print_json({"id": args.job_id, "value": value})
     else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distribute_client import Client, RemoteError, SerializationError
+from distribute_client import Client, RemoteError, SerializationError, compute_this
 from distribute_client import cli as pool_client
 
 from .conftest import ServerProcess, StartServer
@@ -173,3 +173,43 @@ def test_malformed_address_exits_2_from_the_command_line() -> None:
     )
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr.startswith("pool-client: ") and bad.stderr.count("\n") == 1
+
+
+def test_result_does_not_unpickle_a_python_submitters_result(
+    cli_server: ServerProcess, tmp_path: Path
+) -> None:
+    """A pickled result whose __reduce__ runs a command is refused without --unpickle."""
+    marker = tmp_path / "ran-in-the-reader"
+
+    def booby_trapped(path: str) -> object:
+        import os
+
+        class Trap:
+            def __reduce__(self) -> tuple[object, tuple[str]]:
+                return (os.system, (f"touch {path}",))
+
+        return Trap()
+
+    job = compute_this(cli_server.address)(booby_trapped)(str(marker)).submit()
+    job.status()
+    refused = cli(cli_server, "result", job.id, "--timeout", "30")
+    assert refused.returncode == 2, refused.stderr
+    assert "is a pickle" in refused.stderr and "--unpickle" in refused.stderr
+    assert not marker.exists()
+    with pytest.raises(SerializationError, match="not unpickled"):
+        Client(cli_server.address).job(job.id).result(timeout=30, unpickle=False)
+    assert not marker.exists()
+
+    trusted = cli(cli_server, "result", job.id, "--unpickle")
+    assert trusted.returncode == 0, trusted.stderr
+    assert marker.exists()  # the reader ran it: why it takes --unpickle
+
+
+def test_token_file_option(cli_server: ServerProcess, tmp_path: Path) -> None:
+    token_file = tmp_path / "client-token"
+    token_file.write_text("not-the-token\n")
+    refused = cli(cli_server, "workers", "--token-file", str(token_file))
+    assert refused.returncode == 7, refused.stderr
+    assert "AuthenticationError" in refused.stderr and "not-the-token" not in refused.stderr
+    missing = cli(cli_server, "--token-file", str(tmp_path / "nowhere"), "workers")
+    assert missing.returncode == 2 and "cannot read the token file" in missing.stderr
