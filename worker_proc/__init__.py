@@ -8,11 +8,12 @@ The server starts ``python -m worker_proc`` with pipes on fds 0, 1 and 2::
     JOB id b64 ->               runner.run_payload(): import depmodules,
                                 unpickle, call with stdout/stderr captured
               <- PROGRESS id f b64   any number, from progress() (reporting.py)
+              <- RETIRING id b64     only if the call left the worker unfit
               <- RESULT id ok b64    pickled CallOutcome (pool_wire.payload)
 
 Who owns what: ``runner`` running one call, ``reporting`` throttled
 progress reports, ``__main__`` the process itself (private protocol
-descriptors, dying with the server, the read-run-write loop). The line
-format and the payload formats are ``pool_wire``'s, shared with the server
-and the client. This package never talks gRPC and imports neither of them.
+descriptors, dying with the server, the read-run-write loop, the check
+after each call that asks for a replacement). The line format and the
+payload formats are ``pool_wire``'s, shared with the server and the client. This package never talks gRPC and imports neither of them.
 """
