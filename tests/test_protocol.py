@@ -35,7 +35,7 @@ CASES: list[tuple[Message, bytes]] = [
         b"RESULT r17 ok ZG9uZQ==\n",
     ),
     (JobOutcome(job_id="j2", status=ResultStatus.RETRY, outcome=b""), b"RESULT j2 retry \n"),
-    (Retiring(job_id="j3", reason="fd 1 changed"), b'RETIRING j3 ZmQgMSBjaGFuZ2Vk\n'),
+    (Retiring(job_id="j3", reason="fd 1 changed"), b"RETIRING j3 ZmQgMSBjaGFuZ2Vk\n"),
 ]
 
 
