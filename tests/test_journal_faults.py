@@ -54,9 +54,10 @@ def test_full_disk_loses_nothing_accepted(
     start_server: StartServer, small_disk: Path, tmp_path: Path
 ) -> None:
     """The state dir's disk fills up while jobs wait and run: submits are
-    refused with a message that says so; every accepted job's result() still
-    returns its value (from memory); nothing runs twice; and once space is
-    freed, a restart finds every accepted job DONE with its result."""
+        refused with a message that says so; every accepted job's result() still
+        returns its value (from memory); nothing runs twice; and once space is
+        freed, a restart finds every accepted job DONE with its result. Calls (Run)
+    work throughout."""
     state = small_disk / "state"
     filler = small_disk / "filler"
     filler.write_bytes(bytes(FILLER_BYTES))
@@ -75,6 +76,10 @@ def test_full_disk_loses_nothing_accepted(
         assert job.result(timeout=60) == bytes([index % 256]) * RESULT_BYTES
     assert "kept in memory and retried" in first.log(), "no journal write ever failed"
     assert first.client().job(accepted[-1].id).status().state == "DONE"
+    # Calls need no journal: they keep working while the disk is still full.
+    assert [compute_this(first.address)(wait_a_moment)().compute() for _ in range(3)] == [
+        "done"
+    ] * 3
 
     filler.unlink()
     wait_until(lambda: "takes writes again" in first.log(), 30, "the journal to catch up")
