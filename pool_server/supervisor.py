@@ -157,8 +157,14 @@ class WorkerPool:
         if running:
             log.info("giving %d running jobs up to %.3g s to finish", len(running), grace_s)
             hurried: asyncio.Future[Any] = asyncio.ensure_future(hurry.wait())
-            await asyncio.wait([*running, hurried], timeout=grace_s)
+            finished: asyncio.Future[Any] = asyncio.ensure_future(asyncio.wait(running))
+            # Whichever comes first; waiting for both held every stop for the
+            # whole grace once any job was running.
+            await asyncio.wait(
+                [finished, hurried], timeout=grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
             hurried.cancel()
+            finished.cancel()
         for worker in self.workers:
             if worker.job is not None:
                 message = f"the server stopped before the call finished (--grace {grace_s:g} s)"
