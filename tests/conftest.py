@@ -29,6 +29,9 @@ from distribute_client import Client, PoolError
 # the token lookup itself set up their own.
 os.environ["POOL_TOKEN"] = secrets.token_urlsafe(32)
 
+# For tests that call the raw gRPC stubs: the metadata the client adds.
+AUTH_METADATA = (("authorization", f"Bearer {os.environ['POOL_TOKEN']}"),)
+
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 SERVER_COMMAND = (sys.executable, "-m", "pool_server")

@@ -26,7 +26,7 @@ from pool_wire.payload import (
     loads_request,
 )
 
-from .conftest import ServerProcess
+from .conftest import AUTH_METADATA, ServerProcess
 
 BIG = os.urandom(OUT_OF_BAND_BYTES + 1)
 
@@ -155,8 +155,9 @@ def test_a_call_of_another_version_is_a_serialization_error(server: ServerProces
     pids = server.pids()
     with grpc.insecure_channel(server.address) as channel:
         stub = pool_pb2_grpc.PoolStub(channel)
-        other = stub.Run(pool_pb2.RunRequest(payload=with_version(call, 7)), timeout=30)
-        same = stub.Run(pool_pb2.RunRequest(payload=call), timeout=30)
+        request = pool_pb2.RunRequest(payload=with_version(call, 7))
+        other = stub.Run(request, timeout=30, metadata=AUTH_METADATA)
+        same = stub.Run(pool_pb2.RunRequest(payload=call), timeout=30, metadata=AUTH_METADATA)
     answer = loads_outcome(other.outcome)
     assert isinstance(answer, CallOutcome) and answer.status is OutcomeStatus.BAD_REQUEST
     versions = f"payload format version 7, but this worker reads version {FORMAT_VERSION}"

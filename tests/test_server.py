@@ -18,7 +18,14 @@ from distribute_client import ProtocolError, ServerUnavailableError, compute_thi
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_wire.payload import CallOutcome, OutcomeStatus, loads_outcome
 
-from .conftest import SERVER_COMMAND, ServerProcess, StartServer, pid_alive, wait_until
+from .conftest import (
+    AUTH_METADATA,
+    SERVER_COMMAND,
+    ServerProcess,
+    StartServer,
+    pid_alive,
+    wait_until,
+)
 
 
 def nap(seconds: float) -> float:
@@ -40,12 +47,14 @@ def test_empty_payload_is_rejected_and_the_pool_serves_on(server: ServerProcess)
     with grpc.insecure_channel(server.address) as channel:
         stub = pool_pb2_grpc.PoolStub(channel)
         with pytest.raises(grpc.RpcError) as info:
-            stub.Run(pool_pb2.RunRequest(payload=b""), timeout=10)
+            stub.Run(pool_pb2.RunRequest(payload=b""), timeout=10, metadata=AUTH_METADATA)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "empty payload" in info.value.details()
         # Garbage reaches a worker, which answers BAD_REQUEST and keeps its pid.
         pids = server.pids()
-        reply = stub.Run(pool_pb2.RunRequest(payload=b"not a pickle"), timeout=10)
+        reply = stub.Run(
+            pool_pb2.RunRequest(payload=b"not a pickle"), timeout=10, metadata=AUTH_METADATA
+        )
         outcome = loads_outcome(reply.outcome)
         assert isinstance(outcome, CallOutcome) and outcome.status is OutcomeStatus.BAD_REQUEST
         assert server.pids() == pids
@@ -196,7 +205,9 @@ def test_server_serves_more_clients_than_a_low_soft_open_file_limit(
             await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
             request = pool_pb2.RunRequest(payload=payload)
             stubs = [pool_pb2_grpc.PoolStub(c) for c in channels]
-            replies = await asyncio.gather(*(s.Run(request, timeout=60) for s in stubs))
+            replies = await asyncio.gather(
+                *(s.Run(request, timeout=60, metadata=AUTH_METADATA) for s in stubs)
+            )
             return [reply.outcome for reply in replies]
         finally:
             await asyncio.gather(*(c.close() for c in channels))

@@ -15,5 +15,6 @@ Who owns what: ``runner`` running one call, ``reporting`` throttled
 progress reports, ``__main__`` the process itself (private protocol
 descriptors, dying with the server, the read-run-write loop, the check
 after each call that asks for a replacement). The line format and the
-payload formats are ``pool_wire``'s, shared with the server and the client. This package never talks gRPC and imports neither of them.
+payload formats are ``pool_wire``'s, shared with the server and the client.
+This package never talks gRPC and imports neither of them.
 """
