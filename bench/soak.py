@@ -86,6 +86,7 @@ CALL_TIMEOUT_S = 30.0  # calls that are not about deadlines
 DEADLINE_SLACK_S = 1.0  # how far past its timeout a call may end
 START_TIMEOUT_S = 90.0  # the server waits up to 60 s for its workers itself
 STOP_TIMEOUT_S = 30.0
+EXIT_BIND_FAILED = 3  # pool_server.app's exit code for a taken port
 ORPHAN_GRACE_S = 5.0  # for workers to notice their server died
 DRAIN_TIMEOUT_S = 30.0  # for the pool to go idle once a round's load stops
 FINAL_WAIT_S = 60.0  # for every acknowledged job to finish at the end
@@ -130,14 +131,21 @@ class Server:
         """Start on ``self.port`` (any port the first time); if it is taken,
         on a new one, and point this process's clients there."""
         for _ in range(5):
-            if await self._launch(self.port):
+            code = await self._launch(self.port)
+            if code is None:
                 return
+            if code != EXIT_BIND_FAILED:
+                break
             await asyncio.sleep(0.5)
-        if not await self._launch(0):
-            raise RuntimeError(f"pool-server would not start; see {self.log_path}")
-        self.repointed += 1
+        else:
+            code = await self._launch(0)
+            self.repointed += 1
+        if code is not None:
+            log = self.log_path.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(f"pool-server exited with {code} at start:\n" + "\n".join(log))
 
-    async def _launch(self, port: int) -> bool:
+    async def _launch(self, port: int) -> int | None:
+        """None once it serves, else its exit code."""
         command = [sys.executable, "-m", "pool_server", "--workers", str(self.workers)]
         command += ["--port", str(port), "--state-dir", str(self.state_dir)]
         with self.log_path.open("ab") as log:
@@ -152,13 +160,12 @@ class Server:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)).decode()
         if "serving on" not in line:
-            await proc.wait()
-            return False
+            return await proc.wait()
         self.proc, self.pid = proc, proc.pid
         address = line.split("serving on ", 1)[1].split()[0]
         self.port = int(address.rsplit(":", 1)[1])
         os.environ[SERVER_ENV] = address
-        return True
+        return None
 
     async def kill(self) -> None:
         assert self.proc is not None
@@ -751,8 +758,8 @@ def print_totals(ledger: Ledger, server: Server, map_states: Counter[str]) -> No
         + ", ".join(f"{k} {n}" for k, n in sorted(map_states.items()))
     )
     print(
-        f"faults: {sum(r.worker_kills for r in rounds)} workers SIGKILLed, "
-        f"{len(server.restart_s)} server SIGKILLs (restarted in {restart} s; "
+        f"faults: workers SIGKILLed {sum(r.worker_kills for r in rounds)}, "
+        f"server SIGKILLed {len(server.restart_s)} (restarted in {restart} s; "
         f"{server.repointed} on a new port), {sum(r.disconnects for r in rounds)} clients "
         "gone mid-call"
     )
@@ -783,18 +790,28 @@ async def soak(args: argparse.Namespace) -> int:
         env = {**os.environ, MARKER_ENV: ledger.marker}
         server = Server(args.workers, Path(tmp) / "state", env)
         await server.start()
-        print(
-            f"pool-server on {os.environ[SERVER_ENV]} with {args.workers} workers; "
-            f"{rounds} rounds of {seconds:.1f} s, seed {args.seed}\n{HEADER}",
-            flush=True,
-        )
-        for index in range(rounds):
-            await run_round(ledger, server, index, seconds, args.server_kill_every)
-        problems = await finish(ledger, server)
-        print_invariants(problems)
-        if problems:
-            print(f"\nserver log ({server.log_path}), last lines:")
-            print("\n".join(server.log_path.read_text(errors="replace").splitlines()[-30:]))
+        try:
+            return await soak_rounds(args, ledger, server, rounds, seconds)
+        finally:
+            if server.proc is not None:  # the soak itself failed
+                await server.kill()
+
+
+async def soak_rounds(
+    args: argparse.Namespace, ledger: Ledger, server: Server, rounds: int, seconds: float
+) -> int:
+    print(
+        f"pool-server on {os.environ[SERVER_ENV]} with {args.workers} workers; "
+        f"{rounds} rounds of {seconds:.1f} s, seed {args.seed}\n{HEADER}",
+        flush=True,
+    )
+    for index in range(rounds):
+        await run_round(ledger, server, index, seconds, args.server_kill_every)
+    problems = await finish(ledger, server)
+    print_invariants(problems)
+    if problems:
+        print("\nthe server log's last lines:")
+        print("\n".join(server.log_path.read_text(errors="replace").splitlines()[-30:]))
     return 1 if problems else 0
 
 
