@@ -32,6 +32,7 @@ from bench._server import Server, pool_server
 from bench.suite.measure import PeakSampler
 from distribute_client import compute_this
 from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_wire.tokens import TOKEN_ENV, bearer
 
 CONNECT_TIMEOUT_S = 60.0
 CALL_TIMEOUT_S = 600.0
@@ -53,8 +54,12 @@ async def _clients(address: str, count: int, payload: bytes, barrier: Barrier) -
         )
         await asyncio.to_thread(barrier.wait)
         request = pool_pb2.RunRequest(payload=payload)
+        metadata = (("authorization", bearer(os.environ[TOKEN_ENV])),)  # set by pool_server()
         replies = await asyncio.gather(
-            *(pool_pb2_grpc.PoolStub(c).Run(request, timeout=CALL_TIMEOUT_S) for c in channels)
+            *(
+                pool_pb2_grpc.PoolStub(c).Run(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+                for c in channels
+            )
         )
         assert all(reply.outcome for reply in replies)
     finally:
