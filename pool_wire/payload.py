@@ -31,6 +31,7 @@ The server only ever sees the bytes.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import pickle
 import struct
@@ -43,7 +44,10 @@ OUT_OF_BAND_BYTES = 64 * 1024
 
 # The pickled format's version: bump it whenever a message's fields or the
 # framing change, so old payloads are refused by name rather than misread.
-FORMAT_VERSION = 1
+# Version 2 added ``function_hash``, a trailing field with a default, so a
+# version 1 payload (a durable job journaled before an upgrade) still reads.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = frozenset({1, 2})
 
 _MAGIC = b"\x89PLD"  # not ASCII, so never taken for JSON or text
 _HEADER = struct.Struct(">4sI")  # magic, version
@@ -72,10 +76,15 @@ class CallRequest:
     # (qualified name, file) of the function and of the functions of its module
     # it reaches, on the caller's side: for tracebacks (see runner.py)
     source_files: tuple[tuple[str, str], ...] = ()
+    # Set when ``function`` travels beside the payload, sent once (see
+    # function_key): then ``function`` is empty, and the worker takes the
+    # function of this key from its cache.
+    function_hash: str = ""
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[CallRequest], tuple[Any, ...]]:
         big = _pickleable(protocol, self.function, self.arguments)
-        return CallRequest, (*big, self.depmodules, self.retry_on, self.source_files)
+        rest = (self.depmodules, self.retry_on, self.source_files, self.function_hash)
+        return CallRequest, (*big, *rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +96,12 @@ class BatchRequest:
     depmodules: tuple[str, ...]
     retry_on: tuple[str, ...] = ()
     source_files: tuple[tuple[str, str], ...] = ()
+    function_hash: str = ""  # as CallRequest's
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[BatchRequest], tuple[Any, ...]]:
         big = _pickleable(protocol, self.function, self.items)
-        return BatchRequest, (*big, self.depmodules, self.retry_on, self.source_files)
+        rest = (self.depmodules, self.retry_on, self.source_files, self.function_hash)
+        return BatchRequest, (*big, *rest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +187,7 @@ def _check_version(view: memoryview, reader: str, writer: str) -> None:
     if len(view) < _HEADER.size or view[: len(_MAGIC)] != _MAGIC:
         raise ValueError(f"not a pickled message: it starts {bytes(view[:8])!r}")
     _, version = _HEADER.unpack(view[: _HEADER.size])
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ValueError(
             f"payload format version {version}, but this {reader} reads version "
             f"{FORMAT_VERSION}: it was made by another version of {writer}; {advice}"
@@ -192,6 +203,11 @@ def _pickleable(protocol: SupportsIndex, *fields: Pickled) -> list[bytes | pickl
         else bytes(data)
         for data in fields
     ]
+
+
+def function_key(function: bytes) -> str:
+    """The cache key of a pickled function: the same bytes are the same function."""
+    return hashlib.blake2b(function, digest_size=16).hexdigest()
 
 
 def is_json(data: bytes) -> bool:
