@@ -122,7 +122,7 @@ def token_interceptors(credentials: Credentials) -> list[grpc.aio.ClientIntercep
     """Interceptors adding the ``authorization`` metadata to every call on a
     channel: one per kind of RPC, as grpc.aio files each under one kind only."""
     metadata = credentials.metadata()
-    return [_UnaryUnaryToken(metadata), _UnaryStreamToken(metadata)]
+    return [_UnaryUnaryToken(metadata), _UnaryStreamToken(metadata), _StreamStreamToken(metadata)]
 
 
 class _TokenMetadata:
@@ -151,3 +151,13 @@ class _UnaryStreamToken(_TokenMetadata, grpc.aio.UnaryStreamClientInterceptor): 
         request: Any,
     ) -> AsyncIterator[Any] | Any:
         return await continuation(self._with_token(details), request)
+
+
+class _StreamStreamToken(_TokenMetadata, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
+        details: grpc.aio.ClientCallDetails,
+        requests: Any,
+    ) -> AsyncIterator[Any] | Any:
+        return await continuation(self._with_token(details), requests)

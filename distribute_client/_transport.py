@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from distribute_client._credentials import Credentials, token_interceptors
+from distribute_client._stream import CallStream, OpenStream
 from distribute_client.errors import (
     ERRORS_BY_KIND,
     AuthenticationError,
@@ -91,6 +92,7 @@ class _Stub(Protocol):
     """``pool_pb2_grpc.PoolStub`` with types: protoc generates it without hints."""
 
     Run: _Unary[pool_pb2.RunRequest, pool_pb2.RunReply]
+    Calls: OpenStream
     GetWorkers: _Unary[pool_pb2.GetWorkersRequest, pool_pb2.GetWorkersReply]
     Submit: _Unary[pool_pb2.SubmitRequest, pool_pb2.SubmitReply]
     GetJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
@@ -105,6 +107,12 @@ class _Stub(Protocol):
 # its loop, so entries are dropped by hand once their loop is closed (each
 # asyncio.run() makes a new loop).
 _channels: dict[asyncio.AbstractEventLoop, dict[Address, _Stub]] = {}
+_streams: dict[asyncio.AbstractEventLoop, dict[Address, CallStream]] = {}
+
+# Calls whose payload is larger go as their own Run RPC rather than on the
+# shared stream, so that one big message does not hold up the small ones
+# behind it.
+STREAM_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 
 def stub_for(address: Address) -> _Stub:
@@ -138,10 +146,36 @@ def stub_for(address: Address) -> _Stub:
 # type hints, so _Stub describes it; callers see each RPC's request and reply.
 
 
+def stream_for(address: Address) -> CallStream:
+    """The Calls stream to ``address`` on this loop, opened (again) if needed."""
+    loop = asyncio.get_running_loop()
+    streams = _streams.get(loop)
+    if streams is None:
+        for closed in [other for other in _streams if other.is_closed()]:
+            del _streams[closed]
+        streams = _streams[loop] = {}
+    stream = streams.get(address)
+    if stream is None or stream.broken is not None:
+        stream = streams[address] = CallStream(
+            stub_for(address).Calls,
+            lambda error: _translate(error, address, None),
+            lambda failed: _failed(failed, address),
+        )
+    return stream
+
+
 async def run(
-    address: Address, request: pool_pb2.RunRequest, deadline_s: float | None
+    address: Address,
+    request: pool_pb2.RunRequest,
+    deadline_s: float | None,
+    function: bytes = b"",
 ) -> pool_pb2.RunReply:
-    """Run: one call on the next idle worker, answered with its outcome."""
+    """One call on the next idle worker, answered with its outcome: on the
+    Calls stream, or as a Run RPC if its payload is large. ``function`` is
+    the pickled function of ``request.function_hash``, if it has one."""
+    if len(request.payload) <= STREAM_PAYLOAD_BYTES:
+        return await stream_for(address).run(request, deadline_s, function)
+    request.function = function
     return await _unary(address, stub_for(address).Run, request, deadline_s)
 
 
@@ -223,14 +257,33 @@ def map_rpc_errors(address: Address, timeout: float | None) -> Iterator[None]:
 
 
 def _translate(error: grpc.aio.AioRpcError, address: Address, timeout: float | None) -> PoolError:
-    """The PoolError for an error status: by the server's error kind when it
-    sent one this client knows, else by the status code alone."""
-    details = error.details() or ""
+    """The PoolError for an error status."""
     metadata = {k: v for k, v in (error.trailing_metadata() or ()) if isinstance(v, str)}
+    return _pool_error(error.code(), error.details() or "", metadata, address, timeout)
+
+
+def _failed(failed: pool_pb2.CallFailed, address: Address) -> PoolError:
+    """The PoolError for a stream call that failed: as for the Run it stands for."""
+    code = _CODES.get(failed.code, grpc.StatusCode.UNKNOWN)
+    return _pool_error(code, failed.message, dict(failed.metadata), address, None)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _pool_error(
+    code: grpc.StatusCode,
+    details: str,
+    metadata: dict[str, str],
+    address: Address,
+    timeout: float | None,
+) -> PoolError:
+    """By the server's error kind when it sent one this client knows, else by
+    the status code alone."""
     try:
         kind = ErrorKind(metadata.get(KIND_KEY, ""))
     except ValueError:  # no kind (gRPC's own status), or one from a newer server
-        return _from_code(error.code(), details, address, timeout)
+        return _from_code(code, details, address, timeout)
     cls = ERRORS_BY_KIND[kind]
     if cls is WorkerCrashedError:
         exit_code, worker_id = metadata.get(EXIT_CODE_KEY), metadata.get(WORKER_ID_KEY)

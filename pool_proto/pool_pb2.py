@@ -24,51 +24,65 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pool_proto/pool.proto\x12\x04pool\".\n\nRunRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07retries\x18\x02 \x01(\r\"R\n\x08RunReply\x12\x0f\n\x07outcome\x18\x01 \x01(\x0c\x12\x11\n\tworker_id\x18\x02 \x01(\r\x12\x12\n\nworker_pid\x18\x03 \x01(\r\x12\x0e\n\x06job_id\x18\x04 \x01(\t\"\x13\n\x11GetWorkersRequest\"l\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.pool.WorkerState\x12\x11\n\tjobs_done\x18\x04 \x01(\x04\x12\x10\n\x08restarts\x18\x05 \x01(\r\"b\n\x0fGetWorkersReply\x12!\n\x07workers\x18\x01 \x03(\x0b\x32\x10.pool.WorkerInfo\x12\x14\n\x0cqueue_length\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\"}\n\rSubmitRequest\x12\x10\n\x08payloads\x18\x01 \x03(\x0c\x12\x0f\n\x07retries\x18\x02 \x01(\r\x12\x14\n\x0ctime_limit_s\x18\x03 \x01(\x01\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x13\n\x0bitem_counts\x18\x06 \x03(\r\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x92\x02\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x05state\x18\x02 \x01(\x0e\x32\x0e.pool.JobState\x12\x15\n\x08progress\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\r\x12\x11\n\tworker_id\x18\x07 \x01(\r\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x0c \x01(\t\x12\x0c\n\x04name\x18\r \x01(\tB\x0b\n\t_progress\"=\n\tJobResult\x12\x1f\n\x06status\x18\x01 \x01(\x0b\x32\x0f.pool.JobStatus\x12\x0f\n\x07outcome\x18\x02 \x01(\x0c\"Q\n\x0fListJobsRequest\x12\x1d\n\x05state\x18\x01 \x01(\x0e\x32\x0e.pool.JobState\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\".\n\rListJobsReply\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.pool.JobStatus\"\x1c\n\x08\x42\x61tchRef\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\xa2\x01\n\x0b\x42\x61tchStatus\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x04\x12-\n\x06states\x18\x03 \x03(\x0b\x32\x1d.pool.BatchStatus.StatesEntry\x12\x14\n\x0cpercent_done\x18\x04 \x01(\x01\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xc9\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x06\x12\x19\n\x15JOB_STATE_INTERRUPTED\x10\x07*\xa6\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x15\n\x11WORKER_STATE_IDLE\x10\x02\x12\x15\n\x11WORKER_STATE_BUSY\x10\x03\x12\x19\n\x15WORKER_STATE_STOPPING\x10\x04\x12\x15\n\x11WORKER_STATE_DEAD\x10\x05*\xdb\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x01\x12\x1d\n\x19\x45RROR_KIND_WORKER_CRASHED\x10\x02\x12\x17\n\x13\x45RROR_KIND_DEADLINE\x10\x03\x12\x16\n\x12\x45RROR_KIND_INVALID\x10\x04\x12\x1c\n\x18\x45RROR_KIND_SHUTTING_DOWN\x10\x05\x12\x1c\n\x18\x45RROR_KIND_JOB_TIMED_OUT\x10\x06\x12\x1a\n\x16\x45RROR_KIND_INTERRUPTED\x10\x07\x12\x18\n\x14\x45RROR_KIND_CANCELLED\x10\x08\x12\x18\n\x14\x45RROR_KIND_NOT_FOUND\x10\t\x12\"\n\x1e\x45RROR_KIND_JOURNAL_UNAVAILABLE\x10\n\x12\x19\n\x15\x45RROR_KIND_QUEUE_FULL\x10\x0b\x32\xb4\x03\n\x04Pool\x12\'\n\x03Run\x12\x10.pool.RunRequest\x1a\x0e.pool.RunReply\x12<\n\nGetWorkers\x12\x17.pool.GetWorkersRequest\x1a\x15.pool.GetWorkersReply\x12\x30\n\x06Submit\x12\x13.pool.SubmitRequest\x1a\x11.pool.SubmitReply\x12\'\n\x06GetJob\x12\x0c.pool.JobRef\x1a\x0f.pool.JobStatus\x12+\n\x08WatchJob\x12\x0c.pool.JobRef\x1a\x0f.pool.JobStatus0\x01\x12*\n\tGetResult\x12\x0c.pool.JobRef\x1a\x0f.pool.JobResult\x12*\n\tCancelJob\x12\x0c.pool.JobRef\x1a\x0f.pool.JobStatus\x12\x36\n\x08ListJobs\x12\x15.pool.ListJobsRequest\x1a\x13.pool.ListJobsReply\x12-\n\x08GetBatch\x12\x0e.pool.BatchRef\x1a\x11.pool.BatchStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15pool_proto/pool.proto\x12\x04pool\"W\n\nRunRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x0f\n\x07retries\x18\x02 \x01(\r\x12\x15\n\rfunction_hash\x18\x03 \x01(\t\x12\x10\n\x08\x66unction\x18\x04 \x01(\x0c\"\x81\x01\n\x0b\x43\x61llMessage\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12!\n\x05start\x18\x02 \x01(\x0b\x32\x10.pool.RunRequestH\x00\x12\"\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x10.pool.CallCancelH\x00\x12\x12\n\ndeadline_s\x18\x04 \x01(\x01\x42\x06\n\x04\x62ody\"\x0c\n\nCallCancel\"\x9a\x01\n\tCallEvent\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x1f\n\x05reply\x18\x02 \x01(\x0b\x32\x0e.pool.RunReplyH\x00\x12\"\n\x06\x66\x61iled\x18\x03 \x01(\x0b\x32\x10.pool.CallFailedH\x00\x12/\n\x0f\x66unction_needed\x18\x04 \x01(\x0b\x32\x14.pool.FunctionNeededH\x00\x42\x06\n\x04\x62ody\"\x8e\x01\n\nCallFailed\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x30\n\x08metadata\x18\x03 \x03(\x0b\x32\x1e.pool.CallFailed.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x10\n\x0e\x46unctionNeeded\"R\n\x08RunReply\x12\x0f\n\x07outcome\x18\x01 \x01(\x0c\x12\x11\n\tworker_id\x18\x02 \x01(\r\x12\x12\n\nworker_pid\x18\x03 \x01(\r\x12\x0e\n\x06job_id\x18\x04 \x01(\t\"\x13\n\x11GetWorkersRequest\"l\n\nWorkerInfo\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.pool.WorkerState\x12\x11\n\tjobs_done\x18\x04 \x01(\x04\x12\x10\n\x08restarts\x18\x05 \x01(\r\"b\n\x0fGetWorkersReply\x12!\n\x07workers\x18\x01 \x03(\x0b\x32\x10.pool.WorkerInfo\x12\x14\n\x0cqueue_length\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\"}\n\rSubmitRequest\x12\x10\n\x08payloads\x18\x01 \x03(\x0c\x12\x0f\n\x07retries\x18\x02 \x01(\r\x12\x14\n\x0ctime_limit_s\x18\x03 \x01(\x01\x12\x10\n\x08\x62\x61tch_id\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x13\n\x0bitem_counts\x18\x06 \x03(\r\"\x1e\n\x0bSubmitReply\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x92\x02\n\tJobStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x05state\x18\x02 \x01(\x0e\x32\x0e.pool.JobState\x12\x15\n\x08progress\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x06 \x01(\r\x12\x11\n\tworker_id\x18\x07 \x01(\r\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x0c \x01(\t\x12\x0c\n\x04name\x18\r \x01(\tB\x0b\n\t_progress\"=\n\tJobResult\x12\x1f\n\x06status\x18\x01 \x01(\x0b\x32\x0f.pool.JobStatus\x12\x0f\n\x07outcome\x18\x02 \x01(\x0c\"Q\n\x0fListJobsRequest\x12\x1d\n\x05state\x18\x01 \x01(\x0e\x32\x0e.pool.JobState\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\".\n\rListJobsReply\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.pool.JobStatus\"\x1c\n\x08\x42\x61tchRef\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"\xa2\x01\n\x0b\x42\x61tchStatus\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05total\x18\x02 \x01(\x04\x12-\n\x06states\x18\x03 \x03(\x0b\x32\x1d.pool.BatchStatus.StatesEntry\x12\x14\n\x0cpercent_done\x18\x04 \x01(\x01\x1a-\n\x0bStatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xc9\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x12\n\x0eJOB_STATE_DONE\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x12\x17\n\x13JOB_STATE_TIMED_OUT\x10\x06\x12\x19\n\x15JOB_STATE_INTERRUPTED\x10\x07*\xa6\x01\n\x0bWorkerState\x12\x1c\n\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKER_STATE_STARTING\x10\x01\x12\x15\n\x11WORKER_STATE_IDLE\x10\x02\x12\x15\n\x11WORKER_STATE_BUSY\x10\x03\x12\x19\n\x15WORKER_STATE_STOPPING\x10\x04\x12\x15\n\x11WORKER_STATE_DEAD\x10\x05*\xdb\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45RROR_KIND_INTERNAL\x10\x01\x12\x1d\n\x19\x45RROR_KIND_WORKER_CRASHED\x10\x02\x12\x17\n\x13\x45RROR_KIND_DEADLINE\x10\x03\x12\x16\n\x12\x45RROR_KIND_INVALID\x10\x04\x12\x1c\n\x18\x45RROR_KIND_SHUTTING_DOWN\x10\x05\x12\x1c\n\x18\x45RROR_KIND_JOB_TIMED_OUT\x10\x06\x12\x1a\n\x16\x45RROR_KIND_INTERRUPTED\x10\x07\x12\x18\n\x14\x45RROR_KIND_CANCELLED\x10\x08\x12\x18\n\x14\x45RROR_KIND_NOT_FOUND\x10\t\x12\"\n\x1e\x45RROR_KIND_JOURNAL_UNAVAILABLE\x10\n\x12\x19\n\x15\x45RROR_KIND_QUEUE_FULL\x10\x0b\x32\xe5\x03\n\x04Pool\x12\'\n\x03Run\x12\x10.pool.RunRequest\x1a\x0e.pool.RunReply\x12/\n\x05\x43\x61lls\x12\x11.pool.CallMessage\x1a\x0f.pool.CallEvent(\x01\x30\x01\x12<\n\nGetWorkers\x12\x17.pool.GetWorkersRequest\x1a\x15.pool.GetWorkersReply\x12\x30\n\x06Submit\x12\x13.pool.SubmitRequest\x1a\x11.pool.SubmitReply\x12\'\n\x06GetJob\x12\x0c.pool.JobRef\x1a\x0f.pool.JobStatus\x12+\n\x08WatchJob\x12\x0c.pool.JobRef\x1a\x0f.pool.JobStatus0\x01\x12*\n\tGetResult\x12\x0c.pool.JobRef\x1a\x0f.pool.JobResult\x12*\n\tCancelJob\x12\x0c.pool.JobRef\x1a\x0f.pool.JobStatus\x12\x36\n\x08ListJobs\x12\x15.pool.ListJobsRequest\x1a\x13.pool.ListJobsReply\x12-\n\x08GetBatch\x12\x0e.pool.BatchRef\x1a\x11.pool.BatchStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pool_proto.pool_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CALLFAILED_METADATAENTRY']._loaded_options = None
+  _globals['_CALLFAILED_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_BATCHSTATUS_STATESENTRY']._loaded_options = None
   _globals['_BATCHSTATUS_STATESENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1246
-  _globals['_JOBSTATE']._serialized_end=1447
-  _globals['_WORKERSTATE']._serialized_start=1450
-  _globals['_WORKERSTATE']._serialized_end=1616
-  _globals['_ERRORKIND']._serialized_start=1619
-  _globals['_ERRORKIND']._serialized_end=1966
+  _globals['_JOBSTATE']._serialized_start=1753
+  _globals['_JOBSTATE']._serialized_end=1954
+  _globals['_WORKERSTATE']._serialized_start=1957
+  _globals['_WORKERSTATE']._serialized_end=2123
+  _globals['_ERRORKIND']._serialized_start=2126
+  _globals['_ERRORKIND']._serialized_end=2473
   _globals['_RUNREQUEST']._serialized_start=31
-  _globals['_RUNREQUEST']._serialized_end=77
-  _globals['_RUNREPLY']._serialized_start=79
-  _globals['_RUNREPLY']._serialized_end=161
-  _globals['_GETWORKERSREQUEST']._serialized_start=163
-  _globals['_GETWORKERSREQUEST']._serialized_end=182
-  _globals['_WORKERINFO']._serialized_start=184
-  _globals['_WORKERINFO']._serialized_end=292
-  _globals['_GETWORKERSREPLY']._serialized_start=294
-  _globals['_GETWORKERSREPLY']._serialized_end=392
-  _globals['_SUBMITREQUEST']._serialized_start=394
-  _globals['_SUBMITREQUEST']._serialized_end=519
-  _globals['_SUBMITREPLY']._serialized_start=521
-  _globals['_SUBMITREPLY']._serialized_end=551
-  _globals['_JOBREF']._serialized_start=553
-  _globals['_JOBREF']._serialized_end=577
-  _globals['_JOBSTATUS']._serialized_start=580
-  _globals['_JOBSTATUS']._serialized_end=854
-  _globals['_JOBRESULT']._serialized_start=856
-  _globals['_JOBRESULT']._serialized_end=917
-  _globals['_LISTJOBSREQUEST']._serialized_start=919
-  _globals['_LISTJOBSREQUEST']._serialized_end=1000
-  _globals['_LISTJOBSREPLY']._serialized_start=1002
-  _globals['_LISTJOBSREPLY']._serialized_end=1048
-  _globals['_BATCHREF']._serialized_start=1050
-  _globals['_BATCHREF']._serialized_end=1078
-  _globals['_BATCHSTATUS']._serialized_start=1081
-  _globals['_BATCHSTATUS']._serialized_end=1243
-  _globals['_BATCHSTATUS_STATESENTRY']._serialized_start=1198
-  _globals['_BATCHSTATUS_STATESENTRY']._serialized_end=1243
-  _globals['_POOL']._serialized_start=1969
-  _globals['_POOL']._serialized_end=2405
+  _globals['_RUNREQUEST']._serialized_end=118
+  _globals['_CALLMESSAGE']._serialized_start=121
+  _globals['_CALLMESSAGE']._serialized_end=250
+  _globals['_CALLCANCEL']._serialized_start=252
+  _globals['_CALLCANCEL']._serialized_end=264
+  _globals['_CALLEVENT']._serialized_start=267
+  _globals['_CALLEVENT']._serialized_end=421
+  _globals['_CALLFAILED']._serialized_start=424
+  _globals['_CALLFAILED']._serialized_end=566
+  _globals['_CALLFAILED_METADATAENTRY']._serialized_start=519
+  _globals['_CALLFAILED_METADATAENTRY']._serialized_end=566
+  _globals['_FUNCTIONNEEDED']._serialized_start=568
+  _globals['_FUNCTIONNEEDED']._serialized_end=584
+  _globals['_RUNREPLY']._serialized_start=586
+  _globals['_RUNREPLY']._serialized_end=668
+  _globals['_GETWORKERSREQUEST']._serialized_start=670
+  _globals['_GETWORKERSREQUEST']._serialized_end=689
+  _globals['_WORKERINFO']._serialized_start=691
+  _globals['_WORKERINFO']._serialized_end=799
+  _globals['_GETWORKERSREPLY']._serialized_start=801
+  _globals['_GETWORKERSREPLY']._serialized_end=899
+  _globals['_SUBMITREQUEST']._serialized_start=901
+  _globals['_SUBMITREQUEST']._serialized_end=1026
+  _globals['_SUBMITREPLY']._serialized_start=1028
+  _globals['_SUBMITREPLY']._serialized_end=1058
+  _globals['_JOBREF']._serialized_start=1060
+  _globals['_JOBREF']._serialized_end=1084
+  _globals['_JOBSTATUS']._serialized_start=1087
+  _globals['_JOBSTATUS']._serialized_end=1361
+  _globals['_JOBRESULT']._serialized_start=1363
+  _globals['_JOBRESULT']._serialized_end=1424
+  _globals['_LISTJOBSREQUEST']._serialized_start=1426
+  _globals['_LISTJOBSREQUEST']._serialized_end=1507
+  _globals['_LISTJOBSREPLY']._serialized_start=1509
+  _globals['_LISTJOBSREPLY']._serialized_end=1555
+  _globals['_BATCHREF']._serialized_start=1557
+  _globals['_BATCHREF']._serialized_end=1585
+  _globals['_BATCHSTATUS']._serialized_start=1588
+  _globals['_BATCHSTATUS']._serialized_end=1750
+  _globals['_BATCHSTATUS_STATESENTRY']._serialized_start=1705
+  _globals['_BATCHSTATUS_STATESENTRY']._serialized_end=1750
+  _globals['_POOL']._serialized_start=2476
+  _globals['_POOL']._serialized_end=2961
 # @@protoc_insertion_point(module_scope)

@@ -69,12 +69,65 @@ ERROR_KIND_JOURNAL_UNAVAILABLE: ErrorKind
 ERROR_KIND_QUEUE_FULL: ErrorKind
 
 class RunRequest(_message.Message):
-    __slots__ = ("payload", "retries")
+    __slots__ = ("payload", "retries", "function_hash", "function")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_HASH_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     retries: int
-    def __init__(self, payload: _Optional[bytes] = ..., retries: _Optional[int] = ...) -> None: ...
+    function_hash: str
+    function: bytes
+    def __init__(self, payload: _Optional[bytes] = ..., retries: _Optional[int] = ..., function_hash: _Optional[str] = ..., function: _Optional[bytes] = ...) -> None: ...
+
+class CallMessage(_message.Message):
+    __slots__ = ("call_id", "start", "cancel", "deadline_s")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    start: RunRequest
+    cancel: CallCancel
+    deadline_s: float
+    def __init__(self, call_id: _Optional[int] = ..., start: _Optional[_Union[RunRequest, _Mapping]] = ..., cancel: _Optional[_Union[CallCancel, _Mapping]] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+
+class CallCancel(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CallEvent(_message.Message):
+    __slots__ = ("call_id", "reply", "failed", "function_needed")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    reply: RunReply
+    failed: CallFailed
+    function_needed: FunctionNeeded
+    def __init__(self, call_id: _Optional[int] = ..., reply: _Optional[_Union[RunReply, _Mapping]] = ..., failed: _Optional[_Union[CallFailed, _Mapping]] = ..., function_needed: _Optional[_Union[FunctionNeeded, _Mapping]] = ...) -> None: ...
+
+class CallFailed(_message.Message):
+    __slots__ = ("code", "message", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class FunctionNeeded(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class RunReply(_message.Message):
     __slots__ = ("outcome", "worker_id", "worker_pid", "job_id")

@@ -39,6 +39,11 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.RunRequest.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.RunReply.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/pool.Pool/Calls',
+                request_serializer=pool__proto_dot_pool__pb2.CallMessage.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.CallEvent.FromString,
+                _registered_method=True)
         self.GetWorkers = channel.unary_unary(
                 '/pool.Pool/GetWorkers',
                 request_serializer=pool__proto_dot_pool__pb2.GetWorkersRequest.SerializeToString,
@@ -87,6 +92,18 @@ class PoolServicer:
     def Run(self, request, context):
         """Run one call on the next idle worker and wait for its outcome. The job
         lives as long as this RPC: it is neither journaled nor listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Calls(self, request_iterator, context):
+        """Calls from one client over one stream, as distribute_client makes them:
+        each CallMessage starts or cancels a call named by the client's id, and
+        each CallEvent answers one, in the order they finish. A call costs one
+        message each way instead of an RPC. The server reads the next message
+        only while its queue has room, so a full queue slows the stream down
+        instead of failing calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +169,11 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=pool__proto_dot_pool__pb2.RunRequest.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.RunReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=pool__proto_dot_pool__pb2.CallMessage.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.CallEvent.SerializeToString,
             ),
             'GetWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWorkers,
@@ -221,6 +243,33 @@ class Pool:
             '/pool.Pool/Run',
             pool__proto_dot_pool__pb2.RunRequest.SerializeToString,
             pool__proto_dot_pool__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pool.Pool/Calls',
+            pool__proto_dot_pool__pb2.CallMessage.SerializeToString,
+            pool__proto_dot_pool__pb2.CallEvent.FromString,
             options,
             channel_credentials,
             insecure,

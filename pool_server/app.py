@@ -153,6 +153,7 @@ async def _serve_journaled(
             config.grace,
         )
         await health_servicer.enter_graceful_shutdown()
+        service.stop_streams()
         # gRPC's own deadline comes after ours: by then every call is answered.
         grpc_stopped = asyncio.ensure_future(server.stop(config.grace + SHUTDOWN_SLACK_S))
         await pool.shut_down(config.grace, hurry)

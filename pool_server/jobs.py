@@ -107,6 +107,10 @@ class Job:
     name: str = ""
     items: int = 1  # calls it carries: a map chunk carries many
     owner: str = DEFAULT_OWNER  # the name of the token that submitted it
+    # The pickled function, when it travels beside the payload (which then
+    # names it by function_hash): handed to each worker that lacks it.
+    function: bytes | None = None
+    function_hash: str = ""
     state: JobState = JobState.QUEUED
     attempts: int = 0
     crashes: int = 0  # of its workers, in this server's life (for the backoff)

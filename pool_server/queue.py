@@ -75,6 +75,14 @@ class JobQueue(Generic[T]):
         if self._putters and not self.full():
             _wake_first(self._putters)  # the next in line may fit as well
 
+    async def wait_for_room(self) -> None:
+        """Wait, in turn with the putters, until the queue is not full: for a
+        reader that takes no more requests off a stream than can be queued."""
+        if self._putters or self.full():
+            await self._wait_for_room(0)
+            if self._putters and not self.full():
+                _wake_first(self._putters)  # we appended nothing: the next may go
+
     def put_nowait(self, item: T) -> None:
         """Append ``item`` now, whatever the bounds: for jobs already admitted
         (a batch checked against them, recovered jobs, retries)."""

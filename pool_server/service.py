@@ -20,7 +20,9 @@ import grpc
 
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.auth import Caller, current_caller
+from pool_server.call_stream import CallStream, failure
 from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
+from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
 from pool_server.supervisor import WorkerPool
 from pool_server.tracker import JobTracker
@@ -46,6 +48,8 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     def __init__(self, pool: WorkerPool, tracker: JobTracker) -> None:
         self._pool = pool
         self._tracker = tracker
+        self._functions = FunctionStore()
+        self._streams: set[CallStream] = set()
         self.calls_answered = 0
         self.calls_failed = 0
         self.jobs_submitted = 0
@@ -55,6 +59,13 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     ) -> pool_pb2.RunReply:
         try:
             job = await self._run(request, _budget(context))
+        except FunctionNeeded:
+            self.calls_failed += 1
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "this server does not hold the function named by function_hash; "
+                "send its pickled bytes in RunRequest.function",
+            )
         except CallError as e:  # as _status_on_error, inline on the hottest path
             self.calls_failed += 1
             context.set_trailing_metadata(e.metadata())
@@ -63,6 +74,44 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         return pool_pb2.RunReply(
             outcome=job.outcome, worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id
         )
+
+    async def Calls(
+        self,
+        messages: AsyncIterator[pool_pb2.CallMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pool_pb2.CallEvent]:
+        """Many Run calls multiplexed on one stream (see proto/pool.proto)."""
+        stream = CallStream(self._stream_call, self._pool.queue.wait_for_room)
+        self._streams.add(stream)
+        try:
+            async for event in stream.serve(messages):
+                yield event
+        finally:
+            self._streams.discard(stream)
+
+    def stop_streams(self) -> None:
+        """Read no more calls from any Calls stream: the server is stopping."""
+        for stream in self._streams:
+            stream.stop_reading()
+
+    async def _stream_call(self, message: pool_pb2.CallMessage) -> pool_pb2.CallEvent:
+        """One call of a Calls stream, answered as a Run would be."""
+        call_id = message.call_id
+        budget = max(message.deadline_s - DEADLINE_MARGIN_S, 0.0) if message.deadline_s else None
+        try:
+            if budget is not None and not math.isfinite(budget):
+                raise InvalidCall(f"deadline_s must be a number of seconds, got {budget!r}")
+            job = await self._run(message.start, budget)
+        except FunctionNeeded:
+            return pool_pb2.CallEvent(call_id=call_id, function_needed=pool_pb2.FunctionNeeded())
+        except CallError as e:
+            self.calls_failed += 1
+            return failure(call_id, e)
+        self.calls_answered += 1
+        reply = pool_pb2.RunReply(
+            outcome=job.outcome, worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id
+        )
+        return pool_pb2.CallEvent(call_id=call_id, reply=reply)
 
     async def GetWorkers(
         self, request: pool_pb2.GetWorkersRequest, context: grpc.aio.ServicerContext
@@ -160,7 +209,19 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         payload = request.payload  # each read of a protobuf bytes field is a copy
         _check_sizes([payload])
         retries = _retries(request.retries)
-        job = Job(payload, max_attempts=retries + 1, listeners=self._pool.job_listeners)
+        function = None
+        if request.function_hash:
+            try:
+                function = self._functions.resolve(request.function_hash, request.function)
+            except ValueError as e:
+                raise InvalidCall(str(e)) from None
+        job = Job(
+            payload,
+            max_attempts=retries + 1,
+            listeners=self._pool.job_listeners,
+            function=function,
+            function_hash=request.function_hash,
+        )
         queued = False
         try:
             async with asyncio.timeout(budget):

@@ -1,0 +1,154 @@
+"""The client's end of a ``Calls`` stream: every call to one server, from one
+event loop, as messages on one gRPC stream.
+
+A call is a start message and an answer, matched by a call id; a caller
+that gives up (its deadline, a cancelled task) sends a cancel message, and
+the server drops or stops the call. The stream opens with the first call and
+stays open. If it breaks (the server restarts, say) every call on it fails
+with the translated error, and the next call opens a new stream.
+
+Functions are sent once per stream: a call names its function by key, and
+carries the pickled bytes only the first time; if the server has let them
+go since, it answers FunctionNeeded and the call is started again with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import grpc
+
+from distribute_client.errors import (
+    CallTimeoutError,
+    PoolError,
+    ProtocolError,
+    ServerShuttingDownError,
+)
+from pool_proto import pool_pb2
+
+# Function keys remembered as sent, per stream; one forgotten is sent again.
+MAX_KEYS_REMEMBERED = 4096
+
+
+class _StreamingCall(Protocol):
+    def __aiter__(self) -> AsyncIterator[pool_pb2.CallEvent]: ...
+
+    def cancel(self) -> bool: ...
+
+
+OpenStream = Callable[[AsyncIterator[pool_pb2.CallMessage]], _StreamingCall]
+TranslateError = Callable[[grpc.aio.AioRpcError], PoolError]
+FailedError = Callable[[pool_pb2.CallFailed], PoolError]
+
+
+class CallStream:
+    def __init__(
+        self, open_stream: OpenStream, translate: TranslateError, failed: FailedError
+    ) -> None:
+        self._translate = translate
+        self._failed = failed
+        self._outbox: asyncio.Queue[pool_pb2.CallMessage] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[pool_pb2.CallEvent]] = {}
+        self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ids = itertools.count(1)
+        self.broken: PoolError | None = None
+        self._call = open_stream(self._messages())
+        self._reader = asyncio.create_task(self._read(), name="pool-call-stream")
+
+    def __repr__(self) -> str:
+        state = f"broken: {self.broken}" if self.broken else f"{len(self._pending)} calls"
+        return f"<CallStream {state}>"
+
+    async def run(
+        self, request: pool_pb2.RunRequest, deadline_s: float | None, function: bytes = b""
+    ) -> pool_pb2.RunReply:
+        """Run one call; its reply, or the PoolError a Run would have raised.
+
+        ``function`` is the pickled function of ``request.function_hash``,
+        sent only if this stream has not sent it already.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if deadline_s is None else loop.time() + deadline_s
+        key = request.function_hash
+        with_function = bool(key) and key not in self._sent
+        while True:
+            if with_function:
+                request.function = function
+                self._remember(key)
+            event = await self._answer(request, deadline, deadline_s)
+            request.function = b""
+            body = event.WhichOneof("body")
+            if body == "reply":
+                return event.reply
+            if body == "failed":
+                raise self._failed(event.failed)
+            if body != "function_needed" or with_function:
+                raise ProtocolError(f"the server answered a call with {body!r}")
+            with_function = True  # it let the function go: send it again
+
+    async def _answer(
+        self, request: pool_pb2.RunRequest, deadline: float | None, timeout_s: float | None
+    ) -> pool_pb2.CallEvent:
+        if self.broken is not None:
+            raise self.broken
+        loop = asyncio.get_running_loop()
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            raise CallTimeoutError("the call's timeout passed before it could be sent")
+        call_id = next(self._ids)
+        answer: asyncio.Future[pool_pb2.CallEvent] = loop.create_future()
+        self._pending[call_id] = answer
+        message = pool_pb2.CallMessage(call_id=call_id, start=request, deadline_s=remaining or 0.0)
+        self._outbox.put_nowait(message)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await answer
+        except TimeoutError:
+            self._cancel(call_id)
+            within = f"within its {timeout_s:.3g} s timeout"
+            raise CallTimeoutError(f"the call did not finish {within}") from None
+        except asyncio.CancelledError:
+            self._cancel(call_id)
+            raise
+
+    def _cancel(self, call_id: int) -> None:
+        if self._pending.pop(call_id, None) is not None and self.broken is None:
+            cancel = pool_pb2.CallMessage(call_id=call_id, cancel=pool_pb2.CallCancel())
+            self._outbox.put_nowait(cancel)
+
+    def _remember(self, key: str) -> None:
+        self._sent[key] = None
+        self._sent.move_to_end(key)
+        if len(self._sent) > MAX_KEYS_REMEMBERED:
+            self._sent.popitem(last=False)
+
+    async def _messages(self) -> AsyncIterator[pool_pb2.CallMessage]:
+        while True:
+            yield await self._outbox.get()
+
+    async def _read(self) -> None:
+        try:
+            async for event in self._call:
+                answer = self._pending.pop(event.call_id, None)
+                if answer is not None and not answer.done():
+                    answer.set_result(event)
+            error: PoolError = ServerShuttingDownError("the server closed the call stream")
+        except grpc.aio.AioRpcError as e:
+            error = self._translate(e)
+        except asyncio.CancelledError:  # the loop is closing
+            self._call.cancel()
+            error = PoolError("the client's event loop closed the call stream")
+            self._fail_all(error)
+            raise
+        self._fail_all(error)
+
+    def _fail_all(self, error: PoolError) -> None:
+        self.broken = error
+        pending, self._pending = self._pending, {}
+        for answer in pending.values():
+            if not answer.done():
+                answer.set_exception(error)
