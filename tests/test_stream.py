@@ -1,0 +1,212 @@
+"""The Calls stream against real servers: many calls on one stream, a call
+cancelled or out of time on it, a stream broken by a server restart, and
+the stream's own messages sent raw."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import cloudpickle
+import grpc
+import pytest
+
+from distribute_client import CallTimeoutError, ServerUnavailableError, _transport, compute_this
+from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_wire.payload import CallRequest, dumps, function_key
+
+from .conftest import AUTH_METADATA, ServerProcess, StartServer, all_idle, wait_until
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_thousands_of_concurrent_calls_share_one_stream(server: ServerProcess) -> None:
+    remote = compute_this(server.address)(add)
+
+    async def burst() -> tuple[list[int], int]:
+        results = await asyncio.gather(*(remote.async_run(i, 1) for i in range(3000)))
+        streams = _transport._streams[asyncio.get_running_loop()]
+        return results, len(streams)
+
+    results, streams = asyncio.run(burst())
+    assert results == [i + 1 for i in range(3000)]
+    assert streams == 1
+
+
+def test_a_call_cancelled_on_the_stream_stops_its_worker(server: ServerProcess) -> None:
+    remote = compute_this(server.address)(nap)
+    pids = server.pids()
+
+    async def cancel_one() -> float:
+        call = asyncio.ensure_future(remote.async_run(30))
+        await asyncio.sleep(1.0)  # running by now
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        return await remote.async_run(0)  # the same stream serves on
+
+    assert asyncio.run(cancel_one()) == 0
+    wait_until(all_idle(server, 2), 10, "the cancelled call's worker to be replaced")
+    assert set(server.pids()) != set(pids)  # the busy one was stopped and replaced
+
+
+def test_a_deadline_on_the_stream_is_the_servers_answer(server: ServerProcess) -> None:
+    remote = compute_this(server.address, timeout=0.5)(nap)
+    start = time.monotonic()
+    with pytest.raises(CallTimeoutError, match="ran past its 0.45 s deadline") as info:
+        remote(30).compute()
+    assert time.monotonic() - start < 1.5
+    assert "replaced" in str(info.value)
+    wait_until(all_idle(server, 2), 10, "the timed-out call's worker to be replaced")
+
+
+def test_a_broken_stream_fails_its_calls_and_the_next_call_reconnects(
+    start_server: StartServer,
+) -> None:
+    first = start_server("--workers", "1")
+    port = first.address.rsplit(":", 1)[1]
+    remote = compute_this(first.address)(nap)
+
+    async def across_a_restart() -> tuple[BaseException | None, float]:
+        assert await remote.async_run(0) == 0  # the stream is open
+        call = asyncio.ensure_future(remote.async_run(30))
+        await asyncio.sleep(0.5)
+        first.stop(signal.SIGKILL)
+        try:
+            await call
+            failed = None
+        except BaseException as e:
+            failed = e
+        second = start_server("--workers", "1", "--port", port)
+        assert second.address == first.address
+        return failed, await remote.async_run(0.1)
+
+    failed, after = asyncio.run(across_a_restart())
+    assert isinstance(failed, ServerUnavailableError), failed
+    assert after == 0.1
+
+
+def _start(
+    call_id: int, request: pool_pb2.RunRequest, deadline: float = 0.0
+) -> pool_pb2.CallMessage:
+    return pool_pb2.CallMessage(call_id=call_id, start=request, deadline_s=deadline)
+
+
+async def _exchange(
+    address: str, messages: list[pool_pb2.CallMessage], answers: int
+) -> list[pool_pb2.CallEvent]:
+    """Send ``messages`` on a raw stream; the first ``answers`` events."""
+
+    async def outgoing() -> AsyncIterator[pool_pb2.CallMessage]:
+        for message in messages:
+            yield message
+        await asyncio.sleep(60)  # keep our side open until the answers are in
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = pool_pb2_grpc.PoolStub(channel).Calls(outgoing(), metadata=AUTH_METADATA)
+        events = []
+        async for event in call:
+            events.append(event)
+            if len(events) == answers:
+                call.cancel()
+                break
+        return events
+
+
+def test_a_function_sent_once_is_named_by_key_after(server: ServerProcess) -> None:
+    function = cloudpickle.dumps(add)
+    key = function_key(function)
+    payload = dumps(CallRequest(b"", cloudpickle.dumps(((2, 3), {})), (), function_hash=key))
+    unknown = dumps(CallRequest(b"", cloudpickle.dumps(((2, 3), {})), (), function_hash="0" * 32))
+    events = asyncio.run(
+        _exchange(
+            server.address,
+            [
+                _start(1, pool_pb2.RunRequest(payload=unknown, function_hash="0" * 32)),
+                _start(
+                    2, pool_pb2.RunRequest(payload=payload, function_hash=key, function=function)
+                ),
+            ],
+            2,
+        )
+    )
+    by_id = {event.call_id: event for event in events}
+    assert by_id[1].WhichOneof("body") == "function_needed"
+    assert by_id[2].WhichOneof("body") == "reply"
+    (later,) = asyncio.run(
+        _exchange(
+            server.address, [_start(7, pool_pb2.RunRequest(payload=payload, function_hash=key))], 1
+        )
+    )
+    assert later.WhichOneof("body") == "reply", later
+    # A Run naming a function the server lacks is told to send it.
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pool_pb2_grpc.PoolStub(channel).Run(
+                pool_pb2.RunRequest(payload=unknown, function_hash="0" * 32),
+                metadata=AUTH_METADATA,
+                timeout=10,
+            )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "send its pickled bytes" in refused.value.details()
+
+
+def test_a_function_that_is_not_its_key_is_refused(server: ServerProcess) -> None:
+    function = cloudpickle.dumps(add)
+    payload = dumps(CallRequest(b"", b"", (), function_hash="1" * 32))
+    request = pool_pb2.RunRequest(payload=payload, function_hash="1" * 32, function=function)
+    (event,) = asyncio.run(_exchange(server.address, [_start(1, request)], 1))
+    assert event.WhichOneof("body") == "failed"
+    assert event.failed.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not the key" in event.failed.message
+
+
+def test_odd_stream_messages_get_clear_answers(server: ServerProcess) -> None:
+    call = dumps(CallRequest(cloudpickle.dumps(nap), cloudpickle.dumps(((1,), {})), ()))
+    request = pool_pb2.RunRequest(payload=call)
+    events = asyncio.run(
+        _exchange(
+            server.address,
+            [
+                _start(1, request),
+                _start(1, request),  # the same id while it runs
+                _start(2, request, deadline=math.nan),
+                _start(3, pool_pb2.RunRequest(payload=b"")),
+                pool_pb2.CallMessage(call_id=99, cancel=pool_pb2.CallCancel()),  # no such call
+            ],
+            4,
+        )
+    )
+    failures = {e.call_id: e.failed.message for e in events if e.WhichOneof("body") == "failed"}
+    assert "already running" in failures[1]
+    assert "deadline_s must be a number" in failures[2]
+    assert "empty payload" in failures[3]
+    assert [e.call_id for e in events if e.WhichOneof("body") == "reply"] == [1]
+    assert len(server.pids()) == 2
+
+
+def test_a_stream_without_a_token_is_refused(server: ServerProcess) -> None:
+    async def bare() -> grpc.StatusCode:
+        async def nothing() -> AsyncIterator[pool_pb2.CallMessage]:
+            await asyncio.sleep(10)
+            yield pool_pb2.CallMessage()
+
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            try:
+                async for _ in pool_pb2_grpc.PoolStub(channel).Calls(nothing()):
+                    pass
+            except grpc.aio.AioRpcError as e:
+                return e.code()
+        return grpc.StatusCode.OK
+
+    assert asyncio.run(bare()) == grpc.StatusCode.UNAUTHENTICATED
