@@ -1,15 +1,26 @@
-"""``f.map()``: many calls as submitted jobs, bounded in flight, results in order.
+"""``f.map()``: many calls in chunks, bounded in flight, results in order.
 
-Calls travel in *chunks*: one job carries up to ``MAX_CALLS_PER_JOB`` calls
-of the same function (pickled once), so the per-job costs (journal commits,
-RPCs, a worker round trip) are paid once per chunk rather than per call.
-Chunks are sized so that every worker still gets several of them, keeping
-the load balanced when calls are slow. Up to ``JOBS_PER_SUBMIT`` chunks go
-in one Submit RPC, and no more than ``max_in_flight`` calls are outstanding
-at once, so an endless generator of arguments is fine. Results come back in
-input order; a call's error is raised when its turn comes. Stopping early
-(``break`` inside ``with``, an error, ``close()``) cancels the jobs still
-outstanding.
+Calls travel in *chunks*: one payload carries many calls of the same
+function (pickled once), so the per-request costs (an RPC, a worker round
+trip, a journal commit for a job) are paid once per chunk rather than per
+call. The chunk size follows ``multiprocessing.Pool.map``: about four chunks
+per worker, so slow calls still spread evenly, capped so that a chunk stays
+far below the payload limit. Results come back in input order; a call's
+error is raised when its turn comes. Stopping early (``break`` inside
+``with``, an error, ``close()``) cancels what is still outstanding.
+
+Two ways to send them (issue 10, "Map is cheap"):
+
+- by default each chunk is a plain call (a ``Run`` RPC carrying a
+  BatchRequest), as ``compute()`` is: nothing is journaled, because the
+  caller stays to collect the results; a chunk abandoned by the caller is
+  stopped on the server with its RPC (``run_chunks``);
+- ``durable=True`` submits each chunk as a journaled job, up to
+  ``JOBS_PER_SUBMIT`` per Submit RPC, that runs whether or not the caller
+  stays, and that ``Client.batch(batch_id)`` can follow (``map_chunks``).
+
+Either way no more than ``max_in_flight`` calls are outstanding, so an
+endless generator of arguments is fine.
 """
 
 from __future__ import annotations
@@ -26,36 +37,58 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from tqdm import tqdm
 
-from distribute_client import _codec
+from distribute_client import _codec, _transport
 from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._submit import Submittable, submit
 from distribute_client._sync import run_sync
 from distribute_client.errors import QueueFullError
+from pool_proto import pool_pb2
 from pool_wire.payload import CallOutcome
 
 R = TypeVar("R")
 
-# Calls per job: large enough to amortise a job's fixed cost (about a
-# millisecond), small enough to stay far below the payload limit.
+# Calls per chunk at most: large enough to amortise a chunk's fixed cost
+# (an RPC and a worker round trip, about a millisecond; a journal commit
+# more), small enough that a chunk of ordinary calls stays far below the
+# payload limit and a slow chunk's results are not held back long.
 MAX_CALLS_PER_JOB = 256
 
-# Aim for at least this many jobs per worker, so that slow calls still
-# spread evenly; an unsized iterable gets DEFAULT_CALLS_PER_JOB.
+# Aim for this many chunks per worker, as multiprocessing.Pool.map does, so
+# that slow calls still spread evenly; an unsized iterable (a generator)
+# gets DEFAULT_CALLS_PER_JOB.
 JOBS_PER_WORKER = 4
 DEFAULT_CALLS_PER_JOB = 16
+
+# A chunk whose payload pickles larger than this is split in halves (down to
+# one call): big arguments must not add up to a payload near the limit, and
+# keep each chunk a small share of the server's queued bytes.
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
+
+# A plain map keeps at most this many unfinished chunks per worker on the
+# server: one running and one waiting, so no worker idles between chunks,
+# while a chunk never waits in the queue behind much of its own map (its
+# deadline counts that wait, see CHUNK_DEADLINE_FACTOR) and an early stop
+# has little to cancel.
+PENDING_CHUNKS_PER_WORKER = 2
+
+# A plain chunk's deadline is timeout x its calls x this: its own running
+# time plus about one earlier chunk's, which it may wait behind.
+CHUNK_DEADLINE_FACTOR = PENDING_CHUNKS_PER_WORKER
 
 # Jobs per Submit RPC (fewer if the server's queue is smaller).
 JOBS_PER_SUBMIT = 64
 
-# When the server's queue has no room, map waits and tries again.
+# When the server's queue has no room, a durable map waits and tries again
+# (a plain chunk waits for room on the server, as any call does).
 QUEUE_FULL_BACKOFF_MIN_S = 0.05
 QUEUE_FULL_BACKOFF_MAX_S = 2.0
 
-# Default bound on submitted-but-not-yet-yielded calls.
+# Default bound on sent-but-not-yet-yielded calls.
 DEFAULT_MAX_IN_FLIGHT = 8192
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
+Outcomes = AsyncGenerator[tuple[list[CallOutcome], str], None]
 
 
 class _Bound(Protocol):
@@ -89,9 +122,80 @@ def new_batch_id() -> str:
 
 
 def calls_per_job(total: int | None, workers: int) -> int:
+    """The chunk size: ``multiprocessing.Pool.map``'s rule (``total`` over
+    four chunks per worker, rounded up), at most MAX_CALLS_PER_JOB."""
     if total is None:
         return DEFAULT_CALLS_PER_JOB
-    return max(1, min(MAX_CALLS_PER_JOB, total // (max(workers, 1) * JOBS_PER_WORKER)))
+    chunk, extra = divmod(total, max(workers, 1) * JOBS_PER_WORKER)
+    if extra:
+        chunk += 1
+    return max(1, min(MAX_CALLS_PER_JOB, chunk))
+
+
+def encode_chunks(remote: Mappable, calls: list[Args]) -> list[tuple[int, bytes]]:
+    """``calls`` as (number of calls, payload) chunks: one, or halves of it
+    (recursively) while it pickles larger than MAX_CHUNK_BYTES."""
+    payload = _codec.encode_batch(
+        remote.function, calls, remote.depmodules, remote.retry_on, remote._by_value
+    )
+    if len(payload) <= MAX_CHUNK_BYTES or len(calls) == 1:
+        return [(len(calls), payload)]
+    half = len(calls) // 2
+    return encode_chunks(remote, calls[:half]) + encode_chunks(remote, calls[half:])
+
+
+async def run_chunks(
+    remote: Mappable,
+    calls: Iterator[Args],
+    max_in_flight: int,
+    chunk_size: int,
+    max_pending: int,
+) -> Outcomes:
+    """Each chunk's outcomes (undecoded) and where it ran, in input order, each
+    chunk sent as a plain call: at most ``max_pending`` chunks unfinished and
+    ``max_in_flight`` calls not yet yielded. Leaving (an error, ``aclose``)
+    cancels the chunks' RPCs, which stops their jobs on the server."""
+    address = remote.address
+    name = remote.function.__qualname__
+    sent: collections.deque[tuple[int, asyncio.Task[pool_pb2.RunReply]]] = collections.deque()
+    running: set[asyncio.Task[pool_pb2.RunReply]] = set()  # sent and not finished
+    exhausted = False
+    in_flight = 0  # calls sent and not yet yielded
+    try:
+        while True:
+            if not exhausted and len(running) < max_pending and in_flight < max_in_flight:
+                taken = list(itertools.islice(calls, min(chunk_size, max_in_flight - in_flight)))
+                exhausted = not taken
+                for count, payload in encode_chunks(remote, taken) if taken else ():
+                    request = pool_pb2.RunRequest(payload=payload, retries=remote.retries)
+                    deadline = _chunk_deadline(remote.timeout, count)
+                    task = asyncio.create_task(_transport.run(address, request, deadline))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    sent.append((count, task))
+                    in_flight += count
+                continue
+            if not sent:
+                return
+            count, head = sent[0]
+            if not head.done():
+                # Wake on any chunk's end, so a freed worker gets the next chunk
+                # even while the head (the next to yield) still runs.
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            reply = head.result()  # a chunk's own failure (a crash, its deadline) raises here
+            sent.popleft()  # only now: until then, closing must cancel it too
+            in_flight -= count
+            where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
+            yield _codec.decode_batch(reply.outcome, name, where, count), where
+    finally:
+        for _, task in sent:
+            task.cancel()
+        await asyncio.gather(*(task for _, task in sent), return_exceptions=True)
+
+
+def _chunk_deadline(timeout: float | None, calls: int) -> float | None:
+    return None if timeout is None else timeout * calls * CHUNK_DEADLINE_FACTOR
 
 
 @dataclass
@@ -108,8 +212,9 @@ async def map_chunks(
     max_in_flight: int,
     chunk_size: int,
     jobs_per_submit: int,
-) -> AsyncGenerator[tuple[list[CallOutcome], str], None]:
-    """Each chunk's outcomes (undecoded) and where it ran, in input order."""
+) -> Outcomes:
+    """Each chunk's outcomes (undecoded) and where it ran, in input order, each
+    chunk submitted as a journaled job of the batch ``batch_id``."""
     outstanding: collections.deque[_Chunk] = collections.deque()
     in_flight = 0
     name = remote.function.__qualname__
@@ -140,24 +245,23 @@ async def map_chunks(
 async def _submit_chunks(
     remote: Mappable, calls: list[Args], chunk_size: int, batch_id: str
 ) -> list[_Chunk]:
-    groups = [calls[i : i + chunk_size] for i in range(0, len(calls), chunk_size)]
-    payloads = [
-        _codec.encode_batch(
-            remote.function, group, remote.depmodules, remote.retry_on, remote._by_value
-        )
-        for group in groups
+    chunks = [
+        chunk
+        for i in range(0, len(calls), chunk_size)
+        for chunk in encode_chunks(remote, calls[i : i + chunk_size])
     ]
+    counts = [count for count, _ in chunks]
     delay = QUEUE_FULL_BACKOFF_MIN_S
     while True:
         try:
-            jobs = await submit(remote, payloads, [len(group) for group in groups], batch_id)
+            jobs = await submit(remote, [payload for _, payload in chunks], counts, batch_id)
             break
         except QueueFullError:  # other work fills the queue: wait for room, as a call would
             await asyncio.sleep(delay)
             delay = min(delay * 2, QUEUE_FULL_BACKOFF_MAX_S)
     return [
-        _Chunk(job, len(group), asyncio.ensure_future(job.async_outcome()))
-        for job, group in zip(jobs, groups, strict=True)
+        _Chunk(job, count, asyncio.ensure_future(job.async_outcome()))
+        for job, count in zip(jobs, counts, strict=True)
     ]
 
 
@@ -178,7 +282,8 @@ class _Progress:
 
 
 class AsyncMap(Generic[R]):
-    """``async for value in f.async_map(xs)``; ``batch_id`` names the batch."""
+    """``async for value in f.async_map(xs)``; ``batch_id`` names the batch of
+    a durable map (None for a plain one: nothing was journaled to follow)."""
 
     def __init__(
         self,
@@ -188,12 +293,15 @@ class AsyncMap(Generic[R]):
         chunk_size: int | None,
         progress: bool,
         batch_id: str | None,
+        durable: bool,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-        self.batch_id = batch_id or new_batch_id()
+        if batch_id is not None and not durable:
+            raise ValueError("batch_id names the jobs of a durable map: pass durable=True too")
+        self.batch_id = (batch_id or new_batch_id()) if durable else None
         self._remote = remote
         self._name = remote.function.__qualname__
         self._chunk_size = chunk_size
@@ -203,7 +311,7 @@ class AsyncMap(Generic[R]):
         self._progress = _Progress(progress, self._total, self._name)
         # Bind each call as it is taken: a TypeError names the bad item.
         self._calls = (_bind(remote, args) for args in zip(*iterables, strict=False))
-        self._chunks: AsyncGenerator[tuple[list[CallOutcome], str], None] | None = None
+        self._chunks: Outcomes | None = None
         self._ready: collections.deque[tuple[CallOutcome, str]] = collections.deque()
 
     def __aiter__(self) -> AsyncMap[R]:
@@ -236,12 +344,16 @@ class AsyncMap(Generic[R]):
     def ready(self) -> bool:
         return bool(self._ready)
 
-    async def _start(self) -> AsyncGenerator[tuple[list[CallOutcome], str], None]:
+    async def _start(self) -> Outcomes:
         pool = await Client(str(self._remote.address)).async_status()
-        chunk_size = self._chunk_size or calls_per_job(self._total, len(pool.workers))
+        workers = max(1, len(pool.workers))
+        chunk_size = self._chunk_size or calls_per_job(self._total, workers)
         if self._remote.retry_on:
             chunk_size = 1  # a retried call must not re-run the calls beside it
         chunk_size = min(chunk_size, self._max_in_flight)
+        if self.batch_id is None:
+            pending = workers * PENDING_CHUNKS_PER_WORKER
+            return run_chunks(self._remote, self._calls, self._max_in_flight, chunk_size, pending)
         return map_chunks(
             self._remote,
             self._calls,
@@ -264,7 +376,8 @@ def _bind(remote: Mappable, args: tuple[Any, ...]) -> Args:
 
 
 class Map(Generic[R]):
-    """``for value in f.map(xs)``; ``batch_id`` names the batch."""
+    """``for value in f.map(xs)``; ``batch_id`` names the batch of a durable
+    map (None for a plain one)."""
 
     def __init__(self, results: AsyncMap[R]) -> None:
         self._results = results
@@ -283,7 +396,7 @@ class Map(Generic[R]):
         return self._results.pop()
 
     def close(self) -> None:
-        """Stop early: cancel the jobs still outstanding."""
+        """Stop early: cancel the chunks still outstanding."""
         run_sync(self._results.aclose())
 
     def __enter__(self) -> Map[R]:

@@ -88,17 +88,29 @@ class RemoteFunction(Generic[P, R]):
         chunk_size: int | None = None,
         progress: bool = False,
         batch_id: str | None = None,
+        durable: bool | None = None,
     ) -> _batch.Map[R]:
-        """Run ``f(*items)`` for the items of ``iterables`` (as builtin ``map``)
-        as submitted jobs, yielding the results in input order.
+        """Run ``f(*items)`` for the items of ``iterables`` (as builtin ``map``),
+        yielding the results in input order; each call's error is raised at
+        its place.
 
-        Calls travel ``chunk_size`` to a job (default: sized so each worker
-        gets several jobs, at most 256 calls each); at most ``max_in_flight``
-        calls are outstanding at a time; ``progress`` shows a progress bar on
-        a terminal. The returned iterator's ``batch_id`` lets any process
-        follow the batch with ``Client.batch(batch_id)``. Use it in a
+        Calls travel ``chunk_size`` to a chunk (default: as
+        ``multiprocessing.Pool.map``, about 4 chunks per worker, at most 256
+        calls each; 1 with ``retry_on``, so a retry re-runs only the call
+        that raised); at most ``max_in_flight`` calls are outstanding at a
+        time; ``progress`` shows a progress bar on a terminal. Use it in a
         ``with`` block (or call ``close()``) to cancel what is left when you
         stop early.
+
+        By default each chunk is a plain call, as ``compute()`` is: nothing
+        is journaled, since you stay to collect the results (a chunk's
+        deadline is ``timeout`` per call, doubled for the wait behind the
+        map's own earlier chunks). ``durable=True`` (the default for
+        ``compute_this(durable=True)`` functions, or when ``batch_id`` is
+        given) submits each chunk as a journaled job instead: the jobs run
+        even if this process goes away, and the returned iterator's
+        ``batch_id`` lets any process follow them with
+        ``Client.batch(batch_id)``; ``batch_id`` is None for a plain map.
         """
         return _batch.Map(
             self.async_map(
@@ -107,6 +119,7 @@ class RemoteFunction(Generic[P, R]):
                 chunk_size=chunk_size,
                 progress=progress,
                 batch_id=batch_id,
+                durable=durable,
             )
         )
 
@@ -117,9 +130,14 @@ class RemoteFunction(Generic[P, R]):
         chunk_size: int | None = None,
         progress: bool = False,
         batch_id: str | None = None,
+        durable: bool | None = None,
     ) -> _batch.AsyncMap[R]:
         """``map`` for asyncio code: ``async for value in f.async_map(xs)``."""
-        return _batch.AsyncMap(self, iterables, max_in_flight, chunk_size, progress, batch_id)
+        if durable is None:
+            durable = self.durable or batch_id is not None
+        return _batch.AsyncMap(
+            self, iterables, max_in_flight, chunk_size, progress, batch_id, durable
+        )
 
     def get_workers(self) -> int:
         """How many workers the server has (as in the original API)."""
@@ -150,7 +168,10 @@ class Call(Generic[R]):
         return f"<Call {name} args={self.args!r} kwargs={self.kwargs!r}>"
 
     def payload(self) -> bytes:
-        """The call pickled for the worker."""
+        """The call pickled for the worker, function included."""
+        return self._encode(function_apart=False).payload
+
+    def _encode(self, function_apart: bool) -> _codec.Encoded:
         remote = self.remote
         return _codec.encode_call(
             remote.function,
@@ -159,6 +180,7 @@ class Call(Generic[R]):
             remote.depmodules,
             remote.retry_on,
             remote._by_value,
+            function_apart=function_apart,
         )
 
     async def async_run(self) -> R:
@@ -168,8 +190,11 @@ class Call(Generic[R]):
             job = await self.async_submit()
             return await job.async_result()
         address = remote.address
-        request = pool_pb2.RunRequest(payload=self.payload(), retries=remote.retries)
-        reply = await _transport.run(address, request, remote.timeout)
+        call = self._encode(function_apart=True)
+        request = pool_pb2.RunRequest(
+            payload=call.payload, retries=remote.retries, function_hash=call.function_hash
+        )
+        reply = await _transport.run(address, request, remote.timeout, call.function)
         where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
         value: R = _codec.decode_outcome(reply.outcome, remote.function.__qualname__, where)
         return value

@@ -213,11 +213,12 @@ def test_result_wait_can_time_out(server: ServerProcess, tmp_path: Path) -> None
 
 
 def test_map_yields_in_order_with_bounded_in_flight(server: ServerProcess) -> None:
-    """map() returns results in input order and never has more than max_in_flight out."""
+    """A durable map returns results in input order and never has more than
+    max_in_flight out."""
     remote = compute_this(server.address)(square)
     client = Client(server.address)
     results = []
-    with remote.map(range(40), max_in_flight=5) as batch:
+    with remote.map(range(40), max_in_flight=5, durable=True) as batch:
         for value in batch:
             unfinished = [
                 s for s in client.jobs(batch_id=batch.batch_id) if s.state in ("QUEUED", "RUNNING")
@@ -225,6 +226,7 @@ def test_map_yields_in_order_with_bounded_in_flight(server: ServerProcess) -> No
             assert len(unfinished) <= 5
             results.append(value)
     assert results == [x * x for x in range(40)]
+    assert batch.batch_id is not None
     status = client.batch(batch.batch_id)
     assert (status.total, status.states, status.percent_done) == (40, {"DONE": 40}, 100.0)
 
@@ -242,11 +244,11 @@ def test_map_raises_an_items_error_in_its_place(server: ServerProcess, tmp_path:
 
 
 def test_map_closed_early_cancels_what_is_left(server: ServerProcess, tmp_path: Path) -> None:
-    """Leaving a map's with-block cancels its outstanding jobs."""
+    """Leaving a durable map's with-block cancels its outstanding jobs."""
     ready, never = tmp_path / "ready", str(tmp_path / "never")
     ready.touch()
     remote = compute_this(server.address)(wait_for_file)
-    with remote.map([str(ready)] + [never] * 5, max_in_flight=6) as batch:
+    with remote.map([str(ready)] + [never] * 5, max_in_flight=6, durable=True) as batch:
         assert next(batch) == "released"
     states = [s.state for s in Client(server.address).jobs(batch_id=batch.batch_id)]
     assert sorted(states) == ["CANCELLED"] * 5 + ["DONE"]
@@ -306,8 +308,9 @@ def test_map_chunks_keep_per_call_errors_and_counts(server: ServerProcess) -> No
         assert [next(results), next(results)] == [1.0, 0.5]
         with pytest.raises(ZeroDivisionError):
             next(results)
-    with remote.map(range(1, 41), chunk_size=10) as results:
+    with remote.map(range(1, 41), chunk_size=10, durable=True) as results:
         assert list(results) == [1 / x for x in range(1, 41)]
+    assert results.batch_id is not None
     status = Client(server.address).batch(results.batch_id)
     assert (status.total, status.states) == (40, {"DONE": 40})
     jobs = Client(server.address).jobs(batch_id=results.batch_id)
@@ -345,9 +348,10 @@ def test_a_retried_job_reports_its_own_end_not_an_earlier_attempt(
 async def test_stopping_a_map_cancels_the_running_chunk_too(
     server: ServerProcess, tmp_path: Path
 ) -> None:
-    """A map cancelled while it waits for its first chunk cancels that chunk as well."""
+    """A durable map cancelled while it waits for its first chunk cancels that chunk as well."""
     never = str(tmp_path / "never")
-    results = compute_this(server.address)(wait_for_file).async_map([never] * 3, chunk_size=1)
+    remote = compute_this(server.address)(wait_for_file)
+    results = remote.async_map([never] * 3, chunk_size=1, durable=True)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(1.0):
             await anext(results)
