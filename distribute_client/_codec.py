@@ -16,7 +16,7 @@ import sysconfig
 import threading
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -29,6 +29,7 @@ from pool_wire.payload import (
     CallRequest,
     OutcomeStatus,
     dumps,
+    function_key,
     is_json,
     loads_outcome,
 )
@@ -55,6 +56,15 @@ def module_by_value(function: Callable[..., Any]) -> types.ModuleType | None:
     return module
 
 
+class Encoded(NamedTuple):
+    """A call ready to send: its payload, and with ``function_apart`` its
+    function beside it (by key in the payload), to be sent once per stream."""
+
+    payload: bytes
+    function_hash: str = ""
+    function: bytes = b""
+
+
 def encode_call(
     function: Callable[..., Any],
     args: tuple[Any, ...],
@@ -62,7 +72,11 @@ def encode_call(
     depmodules: tuple[str, ...],
     retry_on: tuple[str, ...],
     by_value: types.ModuleType | None,
-) -> bytes:
+    *,
+    function_apart: bool = False,
+) -> Encoded:
+    """The call pickled: whole (for a journaled job, which must stand alone),
+    or with ``function_apart`` its function beside the payload."""
     name = _name(function)
     with _pickled_by_value(by_value):
         function_bytes = _pickle_function(function)
@@ -72,8 +86,12 @@ def encode_call(
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
     source_files = _source_files(function)
-    request = CallRequest(function_bytes, argument_bytes, depmodules, retry_on, source_files)
-    return _checked(dumps(request), name)
+    if not function_apart:
+        request = CallRequest(function_bytes, argument_bytes, depmodules, retry_on, source_files)
+        return Encoded(_checked(dumps(request), name))
+    key = function_key(function_bytes)
+    request = CallRequest(b"", argument_bytes, depmodules, retry_on, source_files, key)
+    return Encoded(_checked(dumps(request), name), key, function_bytes)
 
 
 def encode_batch(
