@@ -157,8 +157,8 @@ async def run_chunks(
     cancels the chunks' RPCs, which stops their jobs on the server."""
     address = remote.address
     name = remote.function.__qualname__
-    sent: collections.deque[tuple[int, asyncio.Task[pool_pb2.RunReply]]] = collections.deque()
-    running: set[asyncio.Task[pool_pb2.RunReply]] = set()  # sent and not finished
+    sent: collections.deque[tuple[int, asyncio.Task[_transport.Reply]]] = collections.deque()
+    running: set[asyncio.Task[_transport.Reply]] = set()  # sent and not finished
     exhausted = False
     in_flight = 0  # calls sent and not yet yielded
     try:

@@ -190,7 +190,7 @@ def _unpicklable_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     return "an argument"
 
 
-def decode_outcome(data: bytes, name: str, where: str) -> Any:
+def decode_outcome(data: bytes | bytearray, name: str, where: str) -> Any:
     """Replay captured output, then return the value or raise the error.
 
     ``where`` says where it ran, e.g. "worker 2 (pid 812) of 127.0.0.1:50051".
@@ -203,7 +203,7 @@ def decode_outcome(data: bytes, name: str, where: str) -> Any:
     return value_of(outcome, name, where)
 
 
-def decode_batch(data: bytes, name: str, where: str, count: int) -> list[CallOutcome]:
+def decode_batch(data: bytes | bytearray, name: str, where: str, count: int) -> list[CallOutcome]:
     """The outcomes of a batch's ``count`` calls, in order (not yet replayed).
 
     A batch that failed as a whole (it could not be unpickled, say) answers
@@ -234,7 +234,7 @@ def value_of(outcome: CallOutcome, name: str, where: str) -> Any:
     raise _error_for(outcome, name, where)
 
 
-def _load_outcome(data: bytes, name: str, where: str) -> CallOutcome | BatchOutcome:
+def _load_outcome(data: bytes | bytearray, name: str, where: str) -> CallOutcome | BatchOutcome:
     try:
         return loads_outcome(data)
     except Exception as e:
@@ -244,7 +244,7 @@ def _load_outcome(data: bytes, name: str, where: str) -> CallOutcome | BatchOutc
         ) from e
 
 
-def _decode_json_outcome(data: bytes) -> Any:
+def _decode_json_outcome(data: bytes | bytearray) -> Any:
     """The answer to a JSON call (submitted by pool-client or a non-Python client)."""
     outcome = json.loads(data)
     sys.stdout.write(outcome.get("stdout", ""))

@@ -26,12 +26,13 @@ from distribute_client.errors import (
     CallTimeoutError,
     InvalidRequestError,
     PoolError,
+    ProtocolError,
     ServerError,
     ServerUnavailableError,
     WorkerCrashedError,
 )
 from pool_proto import pool_pb2, pool_pb2_grpc
-from pool_wire.limits import GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
+from pool_wire.limits import CHUNK_BYTES, GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
 from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -88,11 +89,20 @@ class _Streaming(Protocol[RequestT, ReplyT]):
     def __call__(self, request: RequestT) -> AsyncIterator[ReplyT]: ...
 
 
+class _Chunked(Protocol):
+    """A bidirectional-streaming RPC of the stub (RunChunked)."""
+
+    def __call__(
+        self, requests: AsyncIterator[pool_pb2.Chunk], *, timeout: float | None = None
+    ) -> AsyncIterator[pool_pb2.Chunk]: ...
+
+
 class _Stub(Protocol):
     """``pool_pb2_grpc.PoolStub`` with types: protoc generates it without hints."""
 
     Run: _Unary[pool_pb2.RunRequest, pool_pb2.RunReply]
     Calls: OpenStream
+    RunChunked: _Chunked
     GetWorkers: _Unary[pool_pb2.GetWorkersRequest, pool_pb2.GetWorkersReply]
     Submit: _Unary[pool_pb2.SubmitRequest, pool_pb2.SubmitReply]
     GetJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
@@ -164,19 +174,66 @@ def stream_for(address: Address) -> CallStream:
     return stream
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A call's answer, however it travelled: on the stream, as a Run, or in pieces."""
+
+    outcome: bytes | bytearray  # a pickled CallOutcome (or BatchOutcome)
+    worker_id: int
+    worker_pid: int
+    job_id: str
+
+    @classmethod
+    def of(cls, reply: pool_pb2.RunReply, outcome: bytes | bytearray | None = None) -> Reply:
+        return cls(
+            reply.outcome if outcome is None else outcome,
+            reply.worker_id,
+            reply.worker_pid,
+            reply.job_id,
+        )
+
+
 async def run(
     address: Address,
     request: pool_pb2.RunRequest,
     deadline_s: float | None,
     function: bytes = b"",
-) -> pool_pb2.RunReply:
+) -> Reply:
     """One call on the next idle worker, answered with its outcome: on the
-    Calls stream, or as a Run RPC if its payload is large. ``function`` is
-    the pickled function of ``request.function_hash``, if it has one."""
+    Calls stream, or in pieces over RunChunked if its payload is large.
+    ``function`` is the pickled function of ``request.function_hash``, if it
+    has one (sent only to a server that lacks it)."""
     if len(request.payload) <= STREAM_PAYLOAD_BYTES:
-        return await stream_for(address).run(request, deadline_s, function)
+        return Reply.of(await stream_for(address).run(request, deadline_s, function))
     request.function = function
-    return await _unary(address, stub_for(address).Run, request, deadline_s)
+    with map_rpc_errors(address, deadline_s):
+        return await _run_chunked(stub_for(address), request, deadline_s)
+
+
+async def _run_chunked(
+    stub: _Stub, request: pool_pb2.RunRequest, deadline_s: float | None
+) -> Reply:
+    payload = memoryview(request.payload)
+    request.payload = b""
+
+    async def pieces() -> AsyncIterator[pool_pb2.Chunk]:
+        yield pool_pb2.Chunk(request=request, total_bytes=len(payload))
+        for start in range(0, len(payload), CHUNK_BYTES):
+            yield pool_pb2.Chunk(data=bytes(payload[start : start + CHUNK_BYTES]))
+
+    answer = stub.RunChunked(pieces(), timeout=deadline_s)
+    head = await anext(aiter(answer), None)
+    if head is None or head.WhichOneof("head") != "reply":
+        raise ProtocolError("the server's RunChunked answer did not start with its reply")
+    outcome = bytearray(head.total_bytes)
+    filled = 0
+    async for chunk in answer:
+        data = chunk.data
+        outcome[filled : filled + len(data)] = data
+        filled += len(data)
+    if filled != len(outcome):
+        raise ProtocolError(f"the outcome came in {filled} of the {len(outcome)} bytes announced")
+    return Reply.of(head.reply, outcome)
 
 
 async def get_workers(

@@ -80,6 +80,18 @@ class RunRequest(_message.Message):
     function: bytes
     def __init__(self, payload: _Optional[bytes] = ..., retries: _Optional[int] = ..., function_hash: _Optional[str] = ..., function: _Optional[bytes] = ...) -> None: ...
 
+class Chunk(_message.Message):
+    __slots__ = ("request", "reply", "total_bytes", "data")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    request: RunRequest
+    reply: RunReply
+    total_bytes: int
+    data: bytes
+    def __init__(self, request: _Optional[_Union[RunRequest, _Mapping]] = ..., reply: _Optional[_Union[RunReply, _Mapping]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class CallMessage(_message.Message):
     __slots__ = ("call_id", "start", "cancel", "deadline_s")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]

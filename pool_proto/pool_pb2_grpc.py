@@ -44,6 +44,11 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.CallMessage.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.CallEvent.FromString,
                 _registered_method=True)
+        self.RunChunked = channel.stream_stream(
+                '/pool.Pool/RunChunked',
+                request_serializer=pool__proto_dot_pool__pb2.Chunk.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.Chunk.FromString,
+                _registered_method=True)
         self.GetWorkers = channel.unary_unary(
                 '/pool.Pool/GetWorkers',
                 request_serializer=pool__proto_dot_pool__pb2.GetWorkersRequest.SerializeToString,
@@ -104,6 +109,17 @@ class PoolServicer:
         message each way instead of an RPC. The server reads the next message
         only while its queue has room, so a full queue slows the stream down
         instead of failing calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunChunked(self, request_iterator, context):
+        """Run for a large payload, as distribute_client sends one (over 4 MiB):
+        the request and then the reply each travel as a head and raw pieces of
+        about 1 MiB, so that each side holds the payload about once instead of
+        in several whole-message copies. The client closes its side after the
+        last piece.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +190,11 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.Calls,
                     request_deserializer=pool__proto_dot_pool__pb2.CallMessage.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.CallEvent.SerializeToString,
+            ),
+            'RunChunked': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunChunked,
+                    request_deserializer=pool__proto_dot_pool__pb2.Chunk.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.Chunk.SerializeToString,
             ),
             'GetWorkers': grpc.unary_unary_rpc_method_handler(
                     servicer.GetWorkers,
@@ -270,6 +291,33 @@ class Pool:
             '/pool.Pool/Calls',
             pool__proto_dot_pool__pb2.CallMessage.SerializeToString,
             pool__proto_dot_pool__pb2.CallEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunChunked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pool.Pool/RunChunked',
+            pool__proto_dot_pool__pb2.Chunk.SerializeToString,
+            pool__proto_dot_pool__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -98,7 +98,7 @@ def new_job_id() -> str:
 class Job:
     """One call. ``done`` resolves when the job reaches a finished state."""
 
-    payload: bytes
+    payload: bytes | bytearray  # bytearray: put together from RunChunked's pieces
     id: str = field(default_factory=new_call_id)
     durable: bool = False
     max_attempts: int = 1

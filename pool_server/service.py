@@ -27,6 +27,7 @@ from pool_server.jobs import Job
 from pool_server.supervisor import WorkerPool
 from pool_server.tracker import JobTracker
 from pool_wire.limits import (
+    CHUNK_BYTES,
     MAX_BATCH_ID_CHARS,
     MAX_ID_CHARS,
     MAX_LIST_LIMIT,
@@ -37,6 +38,11 @@ from pool_wire.limits import (
     brief,
 )
 from pool_wire.names import FINISHED_STATES, JobState
+
+_FUNCTION_NEEDED = (
+    "this server does not hold the function named by function_hash; "
+    "send its pickled bytes in RunRequest.function"
+)
 
 # The server gives up this much before the client's deadline, so that its
 # reply (which says whether the call was queued or running) reaches the
@@ -61,11 +67,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             job = await self._run(request, _budget(context))
         except FunctionNeeded:
             self.calls_failed += 1
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "this server does not hold the function named by function_hash; "
-                "send its pickled bytes in RunRequest.function",
-            )
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
         except CallError as e:  # as _status_on_error, inline on the hottest path
             self.calls_failed += 1
             context.set_trailing_metadata(e.metadata())
@@ -205,8 +207,35 @@ class PoolService(pool_pb2_grpc.PoolServicer):
                 percent_done=100.0 * finished / counts.total,
             )
 
-    async def _run(self, request: pool_pb2.RunRequest, budget: float | None) -> Job:
-        payload = request.payload  # each read of a protobuf bytes field is a copy
+    async def RunChunked(
+        self, chunks: AsyncIterator[pool_pb2.Chunk], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pool_pb2.Chunk]:
+        """Run for a large payload, in pieces both ways (see proto/pool.proto)."""
+        try:
+            request, payload = await _gather_chunks(chunks)
+            job = await self._run(request, _budget(context), payload)
+        except FunctionNeeded:
+            self.calls_failed += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
+        except CallError as e:
+            self.calls_failed += 1
+            context.set_trailing_metadata(e.metadata())
+            await context.abort(e.code, str(e))
+        self.calls_answered += 1
+        outcome = memoryview(job.outcome or b"")
+        head = pool_pb2.RunReply(worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id)
+        yield pool_pb2.Chunk(reply=head, total_bytes=len(outcome))
+        for start in range(0, len(outcome), CHUNK_BYTES):
+            yield pool_pb2.Chunk(data=bytes(outcome[start : start + CHUNK_BYTES]))
+
+    async def _run(
+        self,
+        request: pool_pb2.RunRequest,
+        budget: float | None,
+        payload: bytes | bytearray | None = None,
+    ) -> Job:
+        if payload is None:
+            payload = request.payload  # each read of a protobuf bytes field is a copy
         _check_sizes([payload])
         retries = _retries(request.retries)
         function = None
@@ -313,7 +342,36 @@ def _state(value: int) -> JobState:
         raise InvalidCall(f"state {value} is not a job state this server knows") from None
 
 
-def _check_sizes(payloads: Iterable[bytes]) -> None:
+async def _gather_chunks(
+    chunks: AsyncIterator[pool_pb2.Chunk],
+) -> tuple[pool_pb2.RunRequest, bytearray]:
+    """The request of a RunChunked call and its payload, put together in one
+    buffer of the announced size."""
+    first = await anext(chunks, None)
+    if first is None or first.WhichOneof("head") != "request":
+        raise InvalidCall("a RunChunked call starts with a Chunk holding its request")
+    total = first.total_bytes
+    if total > MAX_PAYLOAD_BYTES:
+        raise InvalidCall(f"payload of {total} bytes is over {MAX_PAYLOAD_BYTES}")
+    payload = bytearray(total)
+    filled = 0
+
+    def add(data: bytes) -> None:
+        nonlocal filled
+        if filled + len(data) > total:
+            raise InvalidCall(f"the pieces add up to more than the {total} bytes announced")
+        payload[filled : filled + len(data)] = data
+        filled += len(data)
+
+    add(first.data)
+    async for chunk in chunks:
+        add(chunk.data)
+    if filled != total:
+        raise InvalidCall(f"the pieces add up to {filled} of the {total} bytes announced")
+    return first.request, payload
+
+
+def _check_sizes(payloads: Iterable[bytes | bytearray]) -> None:
     for payload in payloads:
         if not payload:
             raise InvalidCall("empty payload: a request must carry a pickled or JSON call")

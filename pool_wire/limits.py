@@ -9,9 +9,21 @@ from __future__ import annotations
 # 2 GiB message ceiling.
 MAX_PAYLOAD_BYTES = 1 << 30
 
+# Payloads (arguments and outcomes) larger than this travel between the
+# server and a worker through the worker's shared-memory arena, not as
+# base64 lines (issue 10): base64 costs 4/3 of the payload in the pipe and a
+# pass of encoding and decoding on each side, which dominates above about a
+# megabyte; below it a line is cheaper than the bookkeeping.
+ARENA_THRESHOLD_BYTES = 1 << 20
+
 # The largest gRPC message either side accepts: a payload plus room for the
 # protobuf envelope around it.
 MAX_MESSAGE_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024
+
+# The pieces a large payload or outcome travels in over RunChunked: small
+# enough that a piece in flight costs little memory, large enough that the
+# per-message cost is lost in the copying.
+CHUNK_BYTES = 1024 * 1024
 
 # gRPC channel/server options that let a payload of MAX_PAYLOAD_BYTES through.
 GRPC_MESSAGE_OPTIONS: tuple[tuple[str, int], ...] = (

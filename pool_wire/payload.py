@@ -153,7 +153,7 @@ def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> b
     return b"".join([_HEADER.pack(_MAGIC, FORMAT_VERSION), *parts, trailer])
 
 
-def _loads(data: bytes, reader: str, writer: str) -> object:
+def _loads(data: bytes | bytearray, reader: str, writer: str) -> object:
     """Undo :func:`dumps`; its big fields come back as views of ``data``.
 
     ``reader`` and ``writer`` name the sides, for the error about a payload
@@ -210,7 +210,7 @@ def function_key(function: bytes) -> str:
     return hashlib.blake2b(function, digest_size=16).hexdigest()
 
 
-def is_json(data: bytes) -> bool:
+def is_json(data: bytes | bytearray) -> bool:
     return data[:1] == b"{"
 
 
@@ -230,7 +230,7 @@ def loads_request(data: bytes) -> CallRequest | BatchRequest | JsonCall:
     return message
 
 
-def loads_outcome(data: bytes) -> CallOutcome | BatchOutcome:
+def loads_outcome(data: bytes | bytearray) -> CallOutcome | BatchOutcome:
     """Unpickle an outcome; raises ``TypeError`` if ``data`` is not one."""
     message = _loads(data, "client", "pool-server")
     if not isinstance(message, CallOutcome | BatchOutcome):

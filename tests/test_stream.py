@@ -210,3 +210,50 @@ def test_a_stream_without_a_token_is_refused(server: ServerProcess) -> None:
         return grpc.StatusCode.OK
 
     assert asyncio.run(bare()) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def echo(data: bytes) -> bytes:
+    return data
+
+
+@pytest.mark.parametrize("extra", [-1024, 0, 1024])
+def test_payloads_either_side_of_the_stream_limit(server: ServerProcess, extra: int) -> None:
+    """Up to 4 MiB on the stream, beyond in pieces over RunChunked: both exact."""
+    remote = compute_this(server.address)(echo)
+    size = len(remote(b"").payload())  # the payload's own overhead
+    data = bytes(range(256)) * ((_transport.STREAM_PAYLOAD_BYTES - size + extra) // 256 + 1)
+    assert remote(data).compute() == data
+
+
+async def _chunked(address: str, chunks: list[pool_pb2.Chunk]) -> grpc.StatusCode:
+    async def pieces() -> AsyncIterator[pool_pb2.Chunk]:
+        for chunk in chunks:
+            yield chunk
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            async for _ in pool_pb2_grpc.PoolStub(channel).RunChunked(
+                pieces(), metadata=AUTH_METADATA, timeout=30
+            ):
+                pass
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [],  # nothing at all
+        [pool_pb2.Chunk(data=b"abc")],  # no head
+        [pool_pb2.Chunk(request=pool_pb2.RunRequest(), total_bytes=2), pool_pb2.Chunk(data=b"abc")],
+        [pool_pb2.Chunk(request=pool_pb2.RunRequest(), total_bytes=5), pool_pb2.Chunk(data=b"abc")],
+        [pool_pb2.Chunk(request=pool_pb2.RunRequest(), total_bytes=2**40)],
+    ],
+    ids=["empty", "no-head", "too-many-bytes", "too-few-bytes", "over-the-limit"],
+)
+def test_malformed_chunked_calls_are_refused(
+    server: ServerProcess, chunks: list[pool_pb2.Chunk]
+) -> None:
+    assert asyncio.run(_chunked(server.address, chunks)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(server.pids()) == 2
