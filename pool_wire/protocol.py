@@ -5,10 +5,13 @@ binary or free text as base64. Nothing here does I/O; the supervisor and the
 worker both use these functions, so the format lives in exactly one place.
 
     worker -> server   READY <pid> <protocol-version>
+    server -> worker   FUNCTION <key> <base64 pickled function>          (before a JOB)
     server -> worker   JOB <job-id> <base64 payload>
+    server -> worker   JOBREF <job-id> <offset> <length>                 (payload in the arena)
     worker -> server   PROGRESS <job-id> <fraction or -> <base64 message>   (any number)
     worker -> server   RETIRING <job-id> <base64 reason>                    (rarely)
-    worker -> server   RESULT <job-id> <ok|error|retry> <base64 outcome>
+    worker -> server   RESULT <job-id> <ok|error|retry|missing> <base64 outcome>
+    worker -> server   RESULTREF <job-id> <status> <offset> <length>     (outcome in the arena)
 
 RETIRING comes just before a RESULT when the call left the worker unfit for
 another (it closed fds 0-2, or ignored SIGTERM): the worker exits after the
@@ -18,7 +21,20 @@ server had sent that worker the next job.
 
 The RESULT status is all the server learns of an outcome it never unpickles:
 ``error`` means the call failed, ``retry`` that it failed with an exception
-the caller asked to retry on.
+the caller asked to retry on, ``missing`` that the payload named a function
+by key (``function_hash``) that the worker does not have: the outcome is a
+BAD_REQUEST saying so, and the server sends the function and the job again.
+
+Functions are sent once per worker (issue 10): a FUNCTION line puts the
+pickled function in the worker's cache (``pool_wire.function_cache``) under
+its key, for the JOB that follows and every later one that names the key.
+It is a line of its own, not a field of JOB, so that every line keeps at
+most one base64 part, the last, which the reader decodes as it arrives.
+
+Payloads above ``ARENA_THRESHOLD_BYTES`` travel through the worker's
+shared-memory arena (``pool_wire.arena``, which says who owns it when):
+JOBREF and RESULTREF carry where the payload lies instead of the payload.
+They carry no base64 part, so they are short, whole-field lines like READY.
 
 Payloads run to 1 GiB, so neither side holds a long line whole: the writer
 encodes base64 a piece at a time (:func:`encode_parts`) and the reader
@@ -34,17 +50,22 @@ from dataclasses import dataclass
 
 import pybase64
 
+from pool_wire.arena import Span
 from pool_wire.limits import MAX_PAYLOAD_BYTES
 
-PROTOCOL_VERSION = 3
+# 4: FUNCTION, JOBREF and RESULTREF lines, and the ``missing`` status (issue 10).
+PROTOCOL_VERSION = 4
 
 # base64 grows data by 4/3; 128 bytes cover the kind token, ids and newline.
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
 
-_MAX_KIND_LEN = 16  # the longest kind token, PROGRESS, with room to spare
+_MAX_KIND_LEN = 16  # the longest kind token, RESULTREF, with room to spare
 
 # How many space-separated fields come between a kind and its base64 part.
-_BODY_FIELDS = {b"JOB": 1, b"PROGRESS": 2, b"RETIRING": 1, b"RESULT": 2}
+_BODY_FIELDS = {b"FUNCTION": 1, b"JOB": 1, b"PROGRESS": 2, b"RETIRING": 1, b"RESULT": 2}
+
+# Lines of fields only, and how many fields each has.
+_REF_FIELDS = {b"JOBREF": 3, b"RESULTREF": 4}
 
 # A head (kind and fields) longer than this is not one.
 _MAX_HEAD_BYTES = 1024
@@ -71,6 +92,7 @@ class ResultStatus(enum.Enum):
     OK = "ok"
     ERROR = "error"
     RETRY = "retry"
+    MISSING = "missing"  # the worker lacks the function the payload names
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +109,22 @@ class JobRequest:
 
     job_id: str
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ArenaJob:
+    """A JobRequest whose payload lies in the worker's arena at ``span``."""
+
+    job_id: str
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionBytes:
+    """A pickled function for the worker's cache, under ``key``."""
+
+    key: str
+    pickled: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +146,15 @@ class JobOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class ArenaOutcome:
+    """A JobOutcome whose outcome lies in the worker's arena at ``span``."""
+
+    job_id: str
+    status: ResultStatus
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class Retiring:
     """The worker will exit after its RESULT for ``job_id``, for ``reason``."""
 
@@ -115,7 +162,9 @@ class Retiring:
     reason: str
 
 
-Message = Ready | JobRequest | Progress | Retiring | JobOutcome
+Message = (
+    Ready | FunctionBytes | JobRequest | ArenaJob | Progress | Retiring | JobOutcome | ArenaOutcome
+)
 
 
 def encode(message: Message) -> bytes:
@@ -148,6 +197,13 @@ def _head_and_body(message: Message) -> tuple[bytes, bytes]:
     match message:
         case Ready(pid, version):
             return b"READY %d %d" % (pid, version), b""
+        case FunctionBytes(key, pickled):
+            return b"FUNCTION %s " % key.encode(), pickled
+        case ArenaJob(job_id, span):
+            return b"JOBREF %s %d %d" % (job_id.encode(), span.offset, span.length), b""
+        case ArenaOutcome(job_id, status, span):
+            fields = (job_id.encode(), status.value.encode(), span.offset, span.length)
+            return b"RESULTREF %s %s %d %d" % fields, b""
         case JobRequest(job_id, payload):
             return b"JOB %s " % job_id.encode(), payload
         case Progress(job_id, fraction, text):
@@ -175,6 +231,8 @@ def decode_line(line: bytes) -> Message:
         if kind in _BODY_FIELDS:
             fields, data = _split_fields(line, start, end, _BODY_FIELDS[kind])
             return _message(kind, fields, _unb64(data))
+        if kind in _REF_FIELDS:
+            return _ref_message(kind, line[start:end].split(b" "))
     except (ValueError, binascii.Error) as e:
         raise ProtocolError(f"malformed {kind!r} line: {line[:80]!r}") from e
     raise ProtocolError(f"unknown line kind {kind!r}: {line[:80]!r}")
@@ -315,6 +373,8 @@ def _message(kind: bytes, fields: list[str], data: bytes) -> Message:
     try:
         if kind == b"JOB":
             return JobRequest(fields[0], data)
+        if kind == b"FUNCTION":
+            return FunctionBytes(fields[0], data)
         if kind == b"PROGRESS":
             job, amount = fields
             return Progress(job, None if amount == "-" else float(amount), data.decode())
@@ -324,6 +384,18 @@ def _message(kind: bytes, fields: list[str], data: bytes) -> Message:
         return JobOutcome(job, ResultStatus(status), data)
     except ValueError as e:  # UnicodeDecodeError is one
         raise ProtocolError(f"malformed {kind!r} line with fields {fields}") from e
+
+
+def _ref_message(kind: bytes, fields: list[bytes]) -> ArenaJob | ArenaOutcome:
+    if len(fields) != _REF_FIELDS[kind]:
+        raise ValueError(f"{len(fields)} fields")
+    *names, offset, length = fields
+    if not all(names) or not offset.isdigit() or not length.isdigit():
+        raise ValueError("empty field, or not a decimal offset and length")
+    span = Span(int(offset), int(length))
+    if kind == b"JOBREF":
+        return ArenaJob(names[0].decode("ascii"), span)
+    return ArenaOutcome(names[0].decode("ascii"), ResultStatus(names[1].decode("ascii")), span)
 
 
 def _split_fields(line: bytes, start: int, end: int, count: int) -> tuple[list[str], memoryview]:

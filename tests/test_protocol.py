@@ -6,10 +6,14 @@ import random
 
 import pytest
 
+from pool_wire.arena import Span
 from pool_wire.limits import MAX_PAYLOAD_BYTES
 from pool_wire.protocol import (
     CHUNK_BYTES,
     MAX_LINE_BYTES,
+    ArenaJob,
+    ArenaOutcome,
+    FunctionBytes,
     JobOutcome,
     JobRequest,
     LineReader,
@@ -36,6 +40,17 @@ CASES: list[tuple[Message, bytes]] = [
     ),
     (JobOutcome(job_id="j2", status=ResultStatus.RETRY, outcome=b""), b"RESULT j2 retry \n"),
     (Retiring(job_id="j3", reason="fd 1 changed"), b"RETIRING j3 ZmQgMSBjaGFuZ2Vk\n"),
+    (FunctionBytes(key="5e1f", pickled=b"\x80\x05"), b"FUNCTION 5e1f gAU=\n"),
+    (ArenaJob(job_id="r8", span=Span(0, 134217728)), b"JOBREF r8 0 134217728\n"),
+    (ArenaJob(job_id="r9", span=Span(4096, 0)), b"JOBREF r9 4096 0\n"),
+    (
+        ArenaOutcome(job_id="r8", status=ResultStatus.ERROR, span=Span(0, 1048577)),
+        b"RESULTREF r8 error 0 1048577\n",
+    ),
+    (
+        JobOutcome(job_id="r4", status=ResultStatus.MISSING, outcome=b"miss"),
+        b"RESULT r4 missing bWlzcw==\n",
+    ),
 ]
 
 
@@ -66,6 +81,15 @@ def test_decode(message: Message, line: bytes) -> None:
         b"RESULT r5 maybe AAAA\n",
         b"PROGRESS j1 half AAAA\n",
         b"\n",
+        b"FUNCTION gAU=\n",
+        b"JOBREF r1 0\n",
+        b"JOBREF r1 0 12 7\n",
+        b"JOBREF r1 -1 12\n",
+        b"JOBREF r1 0 +12\n",
+        b"JOBREF r1 0 1_2\n",
+        b"JOBREF  0 12\n",
+        b"RESULTREF r1 maybe 0 12\n",
+        b"RESULTREF r1 ok 0\n",
     ],
 )
 def test_malformed_lines_name_their_bytes(line: bytes) -> None:
@@ -195,6 +219,9 @@ def random_stream(rng: random.Random) -> bytes:
             JobOutcome(f"r{rng.randrange(100)}", rng.choice(list(ResultStatus)), body),
             Progress("p1", rng.choice([None, 0.5]), body.hex()),
             Ready(rng.randrange(1000), 2),
+            FunctionBytes(f"k{rng.randrange(100)}", body),
+            ArenaJob(f"j{rng.randrange(100)}", Span(0, len(body))),
+            ArenaOutcome("r1", rng.choice(list(ResultStatus)), Span(rng.randrange(9), 7)),
         ]
         messages.append(rng.choice(kinds))
     stream = bytearray(b"".join(encode(m) for m in messages))
