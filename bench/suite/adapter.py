@@ -2,8 +2,9 @@
 
 Every workload in ``measure`` is written against ``System`` only, so a figure
 for pool-server and a figure for a peer come from the same timing code; an
-adapter's job is just to express one call, many calls in flight, and the batch
-path in its system's own idiom (and to say which idiom, in ``*_how``).
+adapter's job is just to express one call, many calls in flight, the batch
+path, and the chunked bulk path where the system has one, in its system's own
+idiom (and to say which idiom, in ``*_how``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import uvloop
+
+from distribute_client._batch import calls_per_job
 
 Kind = Literal["ours", "floor", "peer"]
 
@@ -31,6 +34,7 @@ class System(Protocol):
     call_how: str  # how one blocking round trip is made
     many_how: str  # how many calls are put in flight at once
     batch_how: str | None  # the batch path, None where the system has none
+    bulk_how: str | None  # the chunked bulk path, None where the system has none
 
     def version(self) -> str:
         """The system's version, for the table."""
@@ -56,9 +60,21 @@ class System(Protocol):
         """``fn(item)`` for each item through the system's batch path; values in order."""
         ...
 
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
+        """``fn(item)`` for each item through the system's own chunked bulk API,
+        ``chunksize`` items to a task (where it has tasks of many items); values in order."""
+        ...
+
     def server_rss_mib(self) -> float | None:
         """Resident memory of the process that relays payloads, where there is one."""
         ...
+
+
+def bulk_chunksize(total: int, workers: int) -> int:
+    """The chunk size every bulk row uses: ``f.map``'s own default, which is
+    ``multiprocessing.Pool.map``'s rule (about 4 chunks per worker) capped at
+    256 calls, so the peers' chunked APIs get exactly the chunks pool-server makes."""
+    return calls_per_job(total, workers)
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from bench.suite import plots, report
+from bench.suite.measure import WORKLOADS
 from bench.suite.plan import Plan, make_plan
 from bench.suite.results import Record, Results
 from bench.suite.runner import REPO_ROOT, run_all
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated systems to run (default: all of {', '.join(REGISTRY)})",
     )
     parser.add_argument(
+        "--workloads",
+        help=f"comma-separated workloads to run (default: all of {', '.join(WORKLOADS)})",
+    )
+    parser.add_argument(
         "--rerender",
         action="store_true",
         help="run nothing: write results.md and the plots again from OUT/results.json",
@@ -56,14 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         render(results, make_plan(results.quick, results.plan_workers), args.out)
         return 0
     systems = args.only.split(",") if args.only else list(REGISTRY)
+    only = tuple(args.workloads.split(",")) if args.workloads else None
     unknown = [s for s in systems if s not in REGISTRY]
+    unknown += [w for w in only or () if w not in WORKLOADS]
     if unknown or args.workers < 1:
-        parser.error(f"unknown systems {unknown}" if unknown else "--workers must be at least 1")
+        parser.error(f"unknown names {unknown}" if unknown else "--workers must be at least 1")
     plan = make_plan(args.quick, args.workers)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     started, revision = time.monotonic(), report.revision()
-    results = run_all(plan, systems, out_dir, progress)
+    results = run_all(plan, systems, out_dir, progress, only)
     results.elapsed_s = time.monotonic() - started
     results.machine, results.revision = report.machine(), revision
     if report.revision() != revision:  # sessions start fresh processes: they saw both
@@ -75,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(results: Results, plan: Plan, out_dir: Path) -> None:
-    written, note = plots.write(results, plan, out_dir)
+    """results.md and the plots; a run of some workloads only (``--workloads``)
+    has too few figures to plot."""
+    every = {r["workload"] for r in results.records if "workload" in r} >= set(WORKLOADS)
+    written, note = (
+        plots.write(results, plan, out_dir)
+        if every
+        else ([], "No plots: a run of some workloads only (--workloads).")
+    )
     report.write(results, plan, out_dir / "results.md", written, note)
     print(f"wrote {out_dir / 'results.md'} and {len(written)} plots")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
-from bench.suite.adapter import System, Unsupported
+from bench.suite.adapter import System, Unsupported, bulk_chunksize
 from bench.suite.plan import Plan
 from bench.suite.workloads import SPIN_ITERATIONS, identity, sleep, spin
 
@@ -87,6 +87,22 @@ def batch(system: System, plan: Plan, workers: int) -> Figures:
         raise Unsupported("no batch path")
     rate = _rate(lambda xs: system.map(identity, xs), plan, plan.concurrent_calls)
     return {"calls_per_s": rate, "calls": plan.concurrent_calls, "how": system.batch_how}
+
+
+def bulk(system: System, plan: Plan, workers: int) -> Figures:
+    """The same no-op calls through the system's chunked bulk API, every system
+    given the same chunk size (``bulk_chunksize``): the like-for-like batch row."""
+    if system.bulk_how is None:
+        raise Unsupported("no chunked bulk API")
+    chunksize = bulk_chunksize(plan.concurrent_calls, workers)
+    run = lambda xs: system.bulk_map(identity, xs, chunksize)  # noqa: E731
+    rate = _rate(run, plan, plan.concurrent_calls)
+    return {
+        "calls_per_s": rate,
+        "calls": plan.concurrent_calls,
+        "chunksize": chunksize,
+        "how": system.bulk_how,
+    }
 
 
 def efficiency(system: System, plan: Plan, workers: int) -> Figures:
@@ -225,6 +241,7 @@ WORKLOADS: dict[str, Callable[[System, Plan, int], Figures]] = {
     "latency": latency,
     "throughput": throughput,
     "batch": batch,
+    "bulk": bulk,
     "efficiency": efficiency,
     "series": series,
     "payloads": payloads,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 KIB = 1024
 MIB = 1024 * KIB
 
-MAIN_WORKLOADS = ("latency", "throughput", "batch", "series", "payloads")
+MAIN_WORKLOADS = ("latency", "throughput", "batch", "bulk", "series", "payloads")
 FLOOR_WORKLOADS = ("latency", "throughput", "payloads")
 
 
@@ -75,12 +75,18 @@ def make_plan(quick: bool, workers: int) -> Plan:
     )
 
 
-def sessions(plan: Plan, floor: bool) -> list[tuple[int, tuple[str, ...]]]:
-    """(worker count, workloads) for each start of a system, the main count first.
+def sessions(
+    plan: Plan, floor: bool, only: tuple[str, ...] | None = None
+) -> list[tuple[int, tuple[str, ...]]]:
+    """(worker count, workloads) for each start of a system, the main count first;
+    with ``only``, just those workloads (and no session left without any).
 
     A system is started once per distinct worker count rather than once per
     workload: starting Ray or a Dask cluster takes seconds.
     """
+    if only is not None:
+        kept = [(n, tuple(w for w in names if w in only)) for n, names in sessions(plan, floor)]
+        return [(n, names) for n, names in kept if names]
     if floor:  # one process, no workers: only what a transport can do
         return [(1, FLOOR_WORKLOADS)]
     by_count: dict[int, list[str]] = {plan.workers: list(MAIN_WORKLOADS)}

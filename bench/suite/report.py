@@ -140,11 +140,12 @@ def summary(results: Results, plan: Plan) -> list[str]:
         "latency p99",
         "in flight",
         "batch",
+        "bulk map",
         *(f"sleep eff. {w} w" for w in eff),
         *(f"{size_name(size)} MiB/s" for size in sizes),
         f"CPU work at {top} w",
     )
-    columns = 8 + len(eff) + len(sizes)
+    columns = 9 + len(eff) + len(sizes)
     for system in results.systems:
         skipped = results.skipped(system)
         if skipped is not None:
@@ -163,6 +164,7 @@ def summary(results: Results, plan: Plan) -> list[str]:
                 cell("latency", "p99_ms", ms),
                 cell("throughput", "calls_per_s", rate),
                 cell("batch", "calls_per_s", rate),
+                cell("bulk", "calls_per_s", rate),
                 *(cell("efficiency", "effectiveness", pct, w) for w in eff),
                 *(payload_cell(results, system, size) for size in sizes),
                 cell("scaling", "calls_per_s", rate, top),
@@ -230,6 +232,43 @@ def throughput_section(results: Results, plan: Plan) -> list[str]:
                 cell("throughput", "calls_per_s", rate),
                 str(batch.get("how", "")),
                 cell("batch", "calls_per_s", rate),
+            )
+        )
+    return lines
+
+
+def bulk_section(results: Results, plan: Plan) -> list[str]:
+    """The fair batch table: each system's one-task-per-item batch path beside
+    its own chunked bulk API, every bulk row given the same chunk size."""
+    lines = ["### Batch paths, like for like", ""]
+    sizes = {
+        int(record["chunksize"])
+        for system in measured(results)
+        if (record := results.workload(system, "bulk")) and "chunksize" in record
+    }
+    size = f"{', '.join(map(str, sorted(sizes)))} calls" if sizes else "the same size"
+    lines.append(
+        f"The same {plan.concurrent_calls:,} no-op calls on {plan.workers} workers: first "
+        "through the batch path as a user writes it by default, then through the system's "
+        f"own chunked bulk API, with chunks of {size} for everyone (c: `f.map`'s default, "
+        "`multiprocessing.Pool.map`'s rule of about 4 chunks per worker, capped at 256). "
+        f"Median of {plan.repetitions}; (×r) is against pool-server's bulk row. Higher is "
+        "better; n/a is a system without a chunked API."
+    )
+    lines += ["", *header("system", "batch: how", "calls/s", "bulk map: how", "calls/s")]
+    for system in measured(results):
+        if results.kind(system) == "floor":
+            continue
+        cell = Cell(results, system)
+        batch = results.workload(system, "batch") or {}
+        bulk = results.workload(system, "bulk") or {}
+        lines.append(
+            row(
+                results.label(system),
+                str(batch.get("how", "")),
+                cell("batch", "calls_per_s", rate, ratio=False),
+                str(bulk.get("how", "")),
+                cell("bulk", "calls_per_s", rate),
             )
         )
     return lines
@@ -373,8 +412,14 @@ def method(plan: Plan) -> list[str]:
         "- The floors only echo the pickled arguments: gRPC's cost, and a pipe's, with no "
         "queue, worker or function in between.",
         "- Batch paths run with their defaults: pool-server's `f.map` packs calls into "
-        "chunks by itself, `executor.map` sends one call per task unless given a "
-        "`chunksize`, and Dask, Ray and Celery send one task per item.",
+        "chunks by itself (sent as plain calls, not journaled; `durable=True` journals "
+        "them), `executor.map` sends one call per task unless given a `chunksize`, "
+        "`multiprocessing.Pool.map` chunks by itself, and Dask, Ray and Celery send one "
+        "task per item. The bulk rows give every chunked API the same chunk size: "
+        "`executor.map(chunksize=c)` (ProcessPoolExecutor, loky), `Pool.map(chunksize=c)`, "
+        "Celery's `task.chunks`, and Dask's `client.map(batch_size=c)`, which groups the "
+        "submissions but still runs a task per item. Ray's chunked map "
+        "(`ray.util.multiprocessing.Pool`) is an actor pool beside its tasks, so it has none.",
         "- Peers run as shipped: Dask `LocalCluster(processes=True, threads_per_worker=1)`, "
         "`ray.init(num_cpus=N, include_dashboard=False)`, Celery's prefork pool with "
         "pickle serialization and a private `redis-server` as broker and result backend "
@@ -409,6 +454,8 @@ def write(results: Results, plan: Plan, path: Path, plots: list[str], plot_note:
         *latency_section(results, plan),
         "",
         *throughput_section(results, plan),
+        "",
+        *bulk_section(results, plan),
         "",
         *efficiency_section(results, plan),
         "",

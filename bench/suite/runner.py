@@ -142,7 +142,11 @@ def _missing(
 
 
 def run_all(
-    plan: Plan, systems: list[str], out_dir: Path, on_record: Callable[[Record], None]
+    plan: Plan,
+    systems: list[str],
+    out_dir: Path,
+    on_record: Callable[[Record], None],
+    only: tuple[str, ...] | None = None,
 ) -> Results:
     results = Results(plan.workers, plan.quick, systems)
     logs = out_dir / "logs"
@@ -150,7 +154,7 @@ def run_all(
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
         workdir = Path(tmp)
         for system in systems:
-            planned = sessions(plan, system in FLOORS)
+            planned = sessions(plan, system in FLOORS, only)
             for index, (workers, workloads) in enumerate(planned):
                 records, clean = run_session(system, workers, workloads, plan, workdir, on_record)
                 results.records += records

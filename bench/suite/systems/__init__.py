@@ -25,6 +25,7 @@ REGISTRY: dict[str, Entry] = {
     "grpc-floor": Entry("grpc_floor", "GrpcEchoFloor", "grpc.aio echo (floor)"),
     "pipe-floor": Entry("pipe_floor", "PipeEchoFloor", "pipe echo (floor)"),
     "processpool": Entry("process_pool", "ProcessPoolSystem", "ProcessPoolExecutor"),
+    "mp-pool": Entry("mp_pool", "MultiprocessingPoolSystem", "multiprocessing.Pool"),
     "loky": Entry("loky_pool", "LokySystem", "loky"),
     "dask": Entry("dask_cluster", "DaskSystem", "Dask distributed"),
     "ray": Entry("ray_local", "RaySystem", "Ray"),

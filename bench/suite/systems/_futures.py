@@ -2,7 +2,8 @@
 
 Neither has an async API; many calls in flight are ``submit`` each, then wait
 on every future, and the batch path is ``executor.map`` with its default
-chunksize of 1, as a user would write it.
+chunksize of 1, as a user would write it; the bulk path is the same
+``executor.map`` given a ``chunksize``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class ExecutorSystem:
     call_how = "`executor.submit(f, x).result()`"
     many_how = "`executor.submit` each, then `.result()` of each (no async API)"
     batch_how: str | None = "`executor.map(f, xs)` (chunksize 1, the default)"
+    bulk_how: str | None = "`executor.map(f, xs, chunksize=c)`"
 
     def __init__(self) -> None:
         self._executor: Executor | None = None
@@ -53,6 +55,9 @@ class ExecutorSystem:
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
         return list(self.executor.map(fn, items))
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
+        return list(self.executor.map(fn, items, chunksize=chunksize))
 
     def server_rss_mib(self) -> float | None:
         return None

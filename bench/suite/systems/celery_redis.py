@@ -32,6 +32,7 @@ class CelerySystem:
     call_how = "`task.delay(x).get()`"
     many_how = "`task.delay` each, then `.get()` each (no asyncio API)"
     batch_how: str | None = "`group(task.s(x) for x in xs)().get()`"
+    bulk_how: str | None = "`task.chunks(zip(xs), c)().get()` (a starmap task per chunk)"
 
     def __init__(self) -> None:
         self._redis = RedisServer()
@@ -81,6 +82,11 @@ class CelerySystem:
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
         task = celery_app.TASKS[fn]
         return list(group(task.s(item) for item in items)().get(timeout=RESULT_TIMEOUT_S))
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
+        task = celery_app.TASKS[fn]
+        parts = task.chunks(zip(items), chunksize)().get(timeout=RESULT_TIMEOUT_S)
+        return [value for part in parts for value in part]
 
     def server_rss_mib(self) -> float | None:
         return self._redis.rss_mib()

@@ -24,6 +24,8 @@ class DaskSystem:
     # and Client(asynchronous=True) would drive the same scheduler the same way.
     many_how = "`client.submit` each, then `client.gather` (non-blocking submits)"
     batch_how: str | None = "`client.gather(client.map(f, xs))`"
+    # batch_size groups the submissions to the scheduler; each item is still a task.
+    bulk_how: str | None = "`client.gather(client.map(f, xs, batch_size=c))` (a task per item)"
 
     def __init__(self) -> None:
         self._cluster: Any = None
@@ -59,6 +61,10 @@ class DaskSystem:
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
         return list(self._client.gather(self._client.map(fn, items, pure=False)))
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
+        futures = self._client.map(fn, items, pure=False, batch_size=chunksize)
+        return list(self._client.gather(futures))
 
     def server_rss_mib(self) -> float | None:
         return None

@@ -31,6 +31,7 @@ class GrpcEchoFloor:
     call_how = "one unary call, awaited"
     many_how = "`asyncio.gather` of unary calls on one channel"
     batch_how: str | None = None
+    bulk_how: str | None = None
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
@@ -80,6 +81,9 @@ class GrpcEchoFloor:
         return self._loop.run_until_complete(gather())
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+        raise Unsupported("no batch path")
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
         raise Unsupported("no batch path")
 
     def server_rss_mib(self) -> float | None:

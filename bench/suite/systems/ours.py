@@ -24,7 +24,10 @@ class PoolServerSystem:
     kind: Kind = "ours"
     call_how = "`f(x).compute()`"
     many_how = "`asyncio.gather` of `f.async_run(x)`"
-    batch_how: str | None = "`f.map(xs)` (journaled jobs, each a chunk of calls)"
+    batch_how: str | None = "`f.map(xs)` (plain calls, each a chunk of calls)"
+    # f.map chunks by itself: its bulk row is its batch path with the chunk size
+    # spelled out (the same one), next to the peers' chunked APIs.
+    bulk_how: str | None = "`f.map(xs, chunk_size=c)` (its default c)"
 
     def __init__(self) -> None:
         self._stack = ExitStack()
@@ -60,6 +63,10 @@ class PoolServerSystem:
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
         with self._remote(fn).map(items) as results:
+            return list(results)
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
+        with self._remote(fn).map(items, chunk_size=chunksize) as results:
             return list(results)
 
     def server_rss_mib(self) -> float | None:

@@ -35,6 +35,7 @@ class PipeEchoFloor:
     call_how = "write one frame, read it back"
     many_how = "all frames written from a thread while the replies are read (pipelined)"
     batch_how: str | None = None
+    bulk_how: str | None = None
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
@@ -94,6 +95,9 @@ class PipeEchoFloor:
         return values
 
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
+        raise Unsupported("no batch path")
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
         raise Unsupported("no batch path")
 
     def server_rss_mib(self) -> float | None:

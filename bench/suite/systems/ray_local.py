@@ -9,7 +9,7 @@ from typing import Any
 
 import ray
 
-from bench.suite.adapter import Kind, new_loop
+from bench.suite.adapter import Kind, Unsupported, new_loop
 from bench.suite.workloads import sleep
 
 WARMUP_SLEEP_S = 0.05
@@ -23,6 +23,9 @@ class RaySystem:
     call_how = "`ray.get(f.remote(x))`"
     many_how = "`asyncio.gather` of awaited `f.remote(x)` refs"
     batch_how: str | None = "`ray.get([f.remote(x) for x in xs])`"
+    # Ray's chunked map is ray.util.multiprocessing.Pool: an actor pool beside the
+    # tasks measured here, a different system, so Ray has no bulk row.
+    bulk_how: str | None = None
 
     def __init__(self) -> None:
         self._loop = new_loop()
@@ -64,6 +67,9 @@ class RaySystem:
     def map(self, fn: Callable[..., Any], items: Sequence[Any]) -> list[Any]:
         remote = self._remote(fn)
         return list(ray.get([remote.remote(item) for item in items]))
+
+    def bulk_map(self, fn: Callable[..., Any], items: Sequence[Any], chunksize: int) -> list[Any]:
+        raise Unsupported("no chunked bulk API")
 
     def server_rss_mib(self) -> float | None:
         return None
