@@ -16,6 +16,18 @@ module explains itself) is logged whole.
 A worker is stopped through its process group and, where the pool has
 them, its slot's cgroup (``pool_server.cgroup``), which also reaches the
 children that left its session.
+
+Each worker gets its own shared-memory arena at spawn (``pool_wire.arena``,
+fd passed with ``pass_fds`` and named by ``--arena-fd``): a payload above
+``ARENA_THRESHOLD_BYTES`` is written there and sent as a JOBREF line, and
+an outcome the worker left there (RESULTREF) is copied out before the
+reply resolves, so callers only ever see bytes. A restarted worker gets a
+fresh arena with a fresh process.
+
+Functions are sent once per worker (issue 10): :meth:`WorkerProcess.send`
+keeps an exact mirror of the worker's function cache and writes a FUNCTION
+line only for a key the worker lacks. A ``missing`` answer (the mirror was
+wrong) is recovered here, by sending the function and the job again, once.
 """
 
 from __future__ import annotations
@@ -31,8 +43,14 @@ from collections.abc import Callable
 from typing import Any
 
 from pool_server.cgroup import SlotCgroups
+from pool_wire.arena import Arena
+from pool_wire.function_cache import FunctionCache
+from pool_wire.limits import ARENA_THRESHOLD_BYTES
 from pool_wire.protocol import (
     PROTOCOL_VERSION,
+    ArenaJob,
+    ArenaOutcome,
+    FunctionBytes,
     JobOutcome,
     JobRequest,
     LineReader,
@@ -40,6 +58,7 @@ from pool_wire.protocol import (
     Progress,
     ProtocolError,
     Ready,
+    ResultStatus,
     Retiring,
     encode_parts,
 )
@@ -79,6 +98,11 @@ STDERR_TAIL_CHARS = 2000
 # buffered before the worker is made to wait (asyncio's StreamReader limit).
 STDOUT_CHUNK_BYTES = 256 * 1024
 
+# After a call that used more of its arena than this, the pages past it are
+# given back: a worker keeps what a 128 MiB round trip needs (reused, so no
+# page faults the next time), not the peak of its largest call ever.
+ARENA_KEEP_BYTES = 256 << 20
+
 WORKER_COMMAND = (sys.executable, "-m", "worker_proc")
 
 
@@ -94,12 +118,24 @@ class WorkerProcess:
     """A started worker that has said READY (see :meth:`start`)."""
 
     def __init__(
-        self, worker_id: int, proc: asyncio.subprocess.Process, cgroups: SlotCgroups | None
+        self,
+        worker_id: int,
+        proc: asyncio.subprocess.Process,
+        cgroups: SlotCgroups | None,
+        arena: Arena,
     ) -> None:
         self.worker_id = worker_id
         self.pid = proc.pid
         self._proc = proc
         self._cgroups = cgroups
+        self._arena = arena
+        self._arena_open = True
+        self._arena_used = 0  # the end of the current job's payloads in the arena
+        self._functions: FunctionCache[bool] = FunctionCache()  # the worker's, mirrored
+        # What a ``missing`` answer to the current job is recovered with.
+        self._resend: tuple[ArenaJob | JobRequest, FunctionBytes] | None = None
+        self.bytes_sent = 0  # written to the worker's protocol channel, all lines
+        self.functions_sent = 0  # FUNCTION lines
         # Why the worker asked to be replaced after its current job, if it did.
         self.retiring: str | None = None
         self._output_job: str | None = None  # whose output fds 1 and 2 carry; None: start-up
@@ -128,15 +164,23 @@ class WorkerProcess:
     @classmethod
     async def start(cls, worker_id: int, cgroups: SlotCgroups | None = None) -> WorkerProcess:
         try:
+            arena = Arena.create(f"pool-arena-{worker_id}")
+        except OSError as e:  # out of file descriptors
+            raise WorkerStartError(f"cannot make the worker's arena: {e}") from e
+        try:
             proc = await asyncio.create_subprocess_exec(
                 *WORKER_COMMAND,
+                "--arena-fd",
+                str(arena.fd),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 limit=STDOUT_CHUNK_BYTES,
                 start_new_session=True,  # Ctrl-C in the server's terminal is the server's
+                pass_fds=(arena.fd,),
             )
         except OSError as e:  # out of file descriptors, processes or memory
+            arena.close()
             raise WorkerStartError(f"cannot spawn {WORKER_COMMAND}: {e}") from e
         if cgroups is not None:
             try:
@@ -144,7 +188,7 @@ class WorkerProcess:
                 cgroups.add(worker_id, proc.pid)
             except OSError as e:
                 log.error("worker %d: cannot put pid %d in its cgroup: %s", worker_id, proc.pid, e)
-        process = cls(worker_id, proc, cgroups)
+        process = cls(worker_id, proc, cgroups, arena)
         try:
             await process._handshake()
         except BaseException:
@@ -169,25 +213,62 @@ class WorkerProcess:
         raise WorkerStartError(f"{self.describe_exit(code)} before READY: {stderr}")
 
     async def send(
-        self, job_id: str, payload: bytes, on_progress: Callable[[Progress], None]
+        self,
+        job_id: str,
+        payload: bytes | bytearray,
+        on_progress: Callable[[Progress], None],
+        function: bytes | None = None,
+        function_hash: str = "",
     ) -> asyncio.Future[JobOutcome]:
         """Write one job to the worker; the future resolves with its outcome,
-        or with :class:`WorkerDied` if the worker closes its channel first."""
-        assert self._proc.stdin is not None
+        or with :class:`WorkerDied` if the worker closes its channel first.
+
+        A payload with ``function_hash`` set names its function by that key;
+        ``function`` (its pickled bytes) goes first, on a FUNCTION line, if
+        the worker does not have it yet.
+        """
         reply: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
         if self.gone.done():
             reply.set_exception(WorkerDied())
             return reply
         self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
         self._start_output(job_id)
-        stdin = self._proc.stdin
-        for part in encode_parts(JobRequest(job_id, payload)):
-            if stdin.is_closing() or self._exited.done():  # it died mid-line; `reply` says so
-                break
-            stdin.write(part)
-            if stdin.transport.get_write_buffer_size():  # the worker is behind: wait for it
-                await self._drain(stdin)
+        job = self._job_line(job_id, payload)
+        lines: list[Message] = [job]
+        self._resend = None
+        if function_hash and function is not None:
+            offer = FunctionBytes(function_hash, function)
+            self._resend = (job, offer)
+            if self._functions.get(function_hash) is None:  # as the worker will look it up
+                lines.insert(0, self._offered(offer))
+        await self._write(lines)
         return reply
+
+    def _job_line(self, job_id: str, payload: bytes | bytearray) -> JobRequest | ArenaJob:
+        """A JOB line, or for a large payload a JOBREF to it, written into the arena."""
+        if len(payload) <= ARENA_THRESHOLD_BYTES:
+            return JobRequest(job_id, bytes(payload))  # no copy of bytes; kept for a resend
+        span = self._arena.write(payload)
+        self._arena_used = span.end
+        return ArenaJob(job_id, span)
+
+    def _offered(self, offer: FunctionBytes) -> FunctionBytes:
+        """``offer``, now in the mirror as the worker will have it once it reads it."""
+        self._functions.put(offer.key, True, len(offer.pickled))
+        self.functions_sent += 1
+        return offer
+
+    async def _write(self, messages: list[Message]) -> None:
+        assert self._proc.stdin is not None
+        stdin = self._proc.stdin
+        for message in messages:
+            for part in encode_parts(message):
+                if stdin.is_closing() or self._exited.done():  # it died mid-line; the reply says so
+                    return
+                stdin.write(part)
+                self.bytes_sent += len(part)
+                if stdin.transport.get_write_buffer_size():  # the worker is behind: wait for it
+                    await self._drain(stdin)
 
     async def _drain(self, stdin: asyncio.StreamWriter) -> None:
         """Wait until ``stdin`` takes more, or the worker exits: a child it
@@ -220,7 +301,7 @@ class WorkerProcess:
                 if not reply.done():
                     raise WorkerDied()
         finally:
-            self._reply = self._on_progress = None
+            self._reply = self._on_progress = self._resend = None
             self._report_dropped()
         return reply.result() if reply.done() else None
 
@@ -274,13 +355,17 @@ class WorkerProcess:
         await self.kill()
 
     async def _close(self) -> None:
-        """Kill whatever the worker left behind and stop reading its pipes."""
+        """Kill whatever the worker left behind, stop reading its pipes, and
+        let its arena go."""
         self._kill_all()
         readers = (self._stdout_reader, self._stderr_reader)
         _, pending = await asyncio.wait(readers, timeout=PIPE_DRAIN_TIMEOUT_S)
         for reader in pending:
             reader.cancel()
         self._report_dropped()
+        if self._arena_open:
+            self._arena_open = False
+            self._arena.close()
 
     def _kill_all(self) -> None:
         """SIGKILL the worker's process group and, where there is one, its
@@ -337,13 +422,62 @@ class WorkerProcess:
             )
             self.retiring = message.reason
             return
+        if isinstance(message, ArenaOutcome):
+            message = self._from_arena(message)
         if not isinstance(message, JobOutcome):
             raise ProtocolError(f"unexpected {type(message).__name__} line")
         if self._reply is None or message.job_id != self._job_id or self._reply.done():
             # The caller gave up just as the answer came; the worker is being replaced.
             log.debug("worker %d: ignoring outcome of job %s", self.worker_id, message.job_id)
             return
+        if message.status is ResultStatus.MISSING:
+            if self._send_again(message.job_id):
+                return
+            message = JobOutcome(message.job_id, ResultStatus.ERROR, message.outcome)
+        self._release_arena()
         self._reply.set_result(message)
+
+    def _from_arena(self, message: ArenaOutcome) -> JobOutcome:
+        """The outcome the worker left in the arena, copied out: the arena is
+        the server's again from this line on, and will be reused."""
+        try:
+            outcome = self._arena.read(message.span)
+        except ValueError as e:
+            raise ProtocolError(f"RESULTREF {message.job_id}: {e}") from e
+        self._arena_used = max(self._arena_used, message.span.end)
+        return JobOutcome(message.job_id, message.status, outcome)
+
+    def _release_arena(self) -> None:
+        """After a job that used more of the arena than is worth keeping."""
+        if self._arena_used > ARENA_KEEP_BYTES:
+            self._arena.trim(ARENA_KEEP_BYTES)
+        self._arena_used = 0
+
+    def _send_again(self, job_id: str) -> bool:
+        """The worker lacked the job's function: send it and the job again,
+        once; False if there is nothing to send (the call then fails with
+        the worker's BAD_REQUEST outcome, which says why).
+
+        The job line is the one sent before: a JOBREF's payload is still in
+        the arena, since a worker answers ``missing`` before it writes there.
+        """
+        if self._resend is None or self._proc.stdin is None or self._proc.stdin.is_closing():
+            return False
+        job, offer = self._resend
+        self._resend = None
+        log.warning(
+            "worker %d (pid %d) lacked function %s for job %s; sending it again",
+            self.worker_id,
+            self.pid,
+            offer.key,
+            job_id,
+        )
+        self._functions.discard(offer.key)
+        for message in (self._offered(offer), job):
+            for part in encode_parts(message):  # buffered, and drained as the worker reads
+                self._proc.stdin.write(part)
+                self.bytes_sent += len(part)
+        return True
 
     def _handle_ready(self, message: Message) -> None:
         if not isinstance(message, Ready):

@@ -260,7 +260,10 @@ class WorkerPool:
         job.start(worker.id, process.pid)
         worker.job = job
         try:
-            sent = await process.send(job.id, job.payload, functools.partial(_progressed, job))
+            progressed = functools.partial(_progressed, job)
+            sent = await process.send(
+                job.id, job.payload, progressed, job.function, job.function_hash
+            )
             if job.max_attempts == 1:
                 # Nothing in this server's life sends it again (a durable job's
                 # is in the journal): let a large payload go.

@@ -73,7 +73,7 @@ class Arena:
     def __repr__(self) -> str:
         return f"<Arena fd={self.fd} mapped={len(self._map) if self._map else 0}>"
 
-    def write(self, data: bytes | memoryview, offset: int = 0) -> Span:
+    def write(self, data: bytes | bytearray | memoryview, offset: int = 0) -> Span:
         """Copy ``data`` into the arena at ``offset``, growing it if needed."""
         span = Span(offset, len(data))
         if span.length:

@@ -21,6 +21,13 @@ however it ended and whatever the call is doing, short of holding the GIL
 in C for good. Any of them alone leaves a gap; the thread is what covers a
 call that cleared PDEATHSIG and then runs for hours.
 
+The server passes the fd of this worker's shared-memory arena as
+``--arena-fd N`` (``pool_wire.arena``): a JOBREF line's payload is read
+from it in place, and an outcome over ``ARENA_THRESHOLD_BYTES`` is written
+there and answered with RESULTREF. FUNCTION lines fill the worker's cache
+of functions (``pool_wire.function_cache``), which payloads with a
+``function_hash`` take their function from.
+
 The server never sends a broken line; if one comes anyway, the jobs that
 arrived whole before it in the same read are run and answered (the server
 awaits them), then the worker exits with ``EXIT_PROTOCOL_ERROR``, since
@@ -30,6 +37,7 @@ nothing after the break can be trusted.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import select
 import signal
@@ -41,19 +49,25 @@ from typing import BinaryIO
 
 from tblib import pickling_support
 
+from pool_wire.arena import Arena
+from pool_wire.limits import ARENA_THRESHOLD_BYTES
 from pool_wire.protocol import (
     PROTOCOL_VERSION,
+    ArenaJob,
+    ArenaOutcome,
+    FunctionBytes,
     JobOutcome,
     JobRequest,
     LineReader,
     Message,
     ProtocolError,
     Ready,
+    ResultStatus,
     Retiring,
     encode_parts,
 )
 from worker_proc.reporting import reporting
-from worker_proc.runner import run_payload
+from worker_proc.runner import CachedFunction, Functions, run_checked
 
 EXIT_PROTOCOL_ERROR = 3  # the server sent something this worker cannot parse
 EXIT_RETIRED = 4  # a call left this worker unfit; the server replaces it
@@ -79,13 +93,26 @@ class _Fixture:
     pdeathsig: bool  # whether it was set (Linux) and must stay set
 
 
+@dataclass
+class _Session:
+    """What lives from one job to the next: how to answer, what to check
+    after each call, the arena, the function cache."""
+
+    write: Callable[[Message], None]
+    fixture: _Fixture
+    arena: Arena | None
+    functions: Functions
+
+
 def main() -> int:
+    arena = _arena(sys.argv[1:])
     protocol_in, protocol_out = _claim_protocol_fds()
     for signum, handler in _SIGNALS_NEEDED.items():
         signal.signal(signum, handler)  # a server ignoring SIGTERM must not pass that on
     pdeathsig = _die_with_parent()
     watchdog, pidfd = _watch_server()
-    fds = [0, 1, 2, protocol_in, protocol_out.fileno(), *([pidfd] if pidfd is not None else [])]
+    fds = [0, 1, 2, protocol_in, protocol_out.fileno()]
+    fds += [fd for fd in (pidfd, arena.fd if arena else None) if fd is not None]
     fixture = _Fixture({fd: _identity(fd) for fd in fds}, watchdog, pdeathsig)
     pickling_support.install()  # exceptions pickle with their tracebacks
     write_lock = threading.Lock()  # progress timers write from other threads
@@ -96,6 +123,7 @@ def main() -> int:
             protocol_out.writelines(parts)
             protocol_out.flush()
 
+    session = _Session(write, fixture, arena, Functions())
     write(Ready(os.getpid(), PROTOCOL_VERSION))
     reader = LineReader()
     while chunk := os.read(protocol_in, READ_CHUNK_BYTES):
@@ -105,7 +133,7 @@ def main() -> int:
         except ProtocolError as e:
             broken, messages = e, e.messages
         try:
-            error = _run_jobs(messages, write, fixture) or broken
+            error = _run_jobs(messages, session) or broken
         except _Retired:
             protocol_out.flush()
             os._exit(EXIT_RETIRED)  # no atexit code of the call's, no teardown on broken fds
@@ -119,27 +147,56 @@ class _Retired(Exception):
     """A call left the worker unfit; its RESULT is sent, and the worker exits."""
 
 
-def _run_jobs(
-    messages: list[Message], write: Callable[[Message], None], fixture: _Fixture
-) -> str | None:
-    """Run and answer each job in turn; at a message that is not a job, stop
-    and say what it was. Raises :class:`_Retired` after answering a job that
-    left the worker unfit."""
+def _run_jobs(messages: list[Message], session: _Session) -> str | None:
+    """Run and answer each job in turn, keeping each function offered; at a
+    message that is neither, stop and say what it was. Raises
+    :class:`_Retired` after answering a job that left the worker unfit."""
     while messages:
         message = messages.pop(0)
-        if not isinstance(message, JobRequest):
-            return f"unexpected {type(message).__name__} line"
+        if isinstance(message, FunctionBytes):
+            entry = CachedFunction(message.pickled)
+            session.functions.put(message.key, entry, len(message.pickled))
+            continue
+        try:
+            payload = _payload(message, session.arena)
+        except ValueError as e:
+            return str(e)
+        assert isinstance(message, JobRequest | ArenaJob)
         job_id = message.job_id
-        with reporting(job_id, write):
-            status, outcome = run_payload(message.payload)
         del message  # let a large payload go before its outcome is written
-        problem = unfit(fixture)
-        if problem is not None:
-            write(Retiring(job_id, problem))  # first: the server must know before the RESULT
-        write(JobOutcome(job_id, status, outcome))
-        if problem is not None:
-            raise _Retired(problem)
+        check = functools.partial(unfit, session.fixture)
+        with reporting(job_id, session.write):
+            status, outcome, problem = run_checked(payload, check, session.functions, session.arena)
+        del payload
+        _answer(job_id, status, outcome, problem, session)
     return None
+
+
+def _payload(message: Message, arena: Arena | None) -> bytes | memoryview:
+    """A job's payload: from its line, or a view of the arena; ValueError
+    for a message that is not a job, or a JOBREF outside the arena."""
+    if isinstance(message, JobRequest):
+        return message.payload
+    if not isinstance(message, ArenaJob):
+        raise ValueError(f"unexpected {type(message).__name__} line")
+    if arena is None:
+        raise ValueError(f"JOBREF {message.job_id}, but this worker has no arena")
+    return arena.view(message.span)
+
+
+def _answer(
+    job_id: str, status: ResultStatus, outcome: bytes, problem: str | None, session: _Session
+) -> None:
+    """RESULT (or, for a large outcome, RESULTREF), after RETIRING if the
+    call left the worker unfit (``problem``): the server must know that first."""
+    if problem is not None:
+        session.write(Retiring(job_id, problem))
+    if session.arena is not None and len(outcome) > ARENA_THRESHOLD_BYTES:
+        session.write(ArenaOutcome(job_id, status, session.arena.write(outcome)))
+    else:
+        session.write(JobOutcome(job_id, status, outcome))
+    if problem is not None:
+        raise _Retired(problem)
 
 
 def unfit(fixture: _Fixture) -> str | None:
@@ -167,6 +224,15 @@ def unfit(fixture: _Fixture) -> str | None:
 def _identity(fd: int) -> tuple[int, int]:
     stat = os.fstat(fd)
     return stat.st_dev, stat.st_ino
+
+
+def _arena(argv: list[str]) -> Arena | None:
+    """The arena the server passed (``--arena-fd N``), kept from our children."""
+    if len(argv) != 2 or argv[0] != "--arena-fd":
+        return None  # started by hand: every payload comes on its line
+    fd = int(argv[1])
+    os.set_inheritable(fd, False)
+    return Arena(fd)
 
 
 def _claim_protocol_fds() -> tuple[int, BinaryIO]:

@@ -4,6 +4,24 @@ Every way a call can go wrong ends here as an outcome, never as an exception
 escaping into the worker loop: the worker must keep serving after a bad
 payload, a raising function, ``SystemExit``, or a return value that will not
 pickle.
+
+Large payloads and outcomes live in the worker's arena (``pool_wire.arena``),
+and copies are what its memory is spent on (issue 10):
+
+- A payload in the arena is read in place: the request's fields are views of
+  it, and unpickling copies each argument out into an object of its own.
+  That one copy is the price of safety, not waste: a ``bytes`` argument
+  cannot be a view, and a ``bytearray`` or memoryview of the arena handed to
+  the function would change under it (or under whatever it kept) when the
+  arena is reused for the outcome or the next call. Nothing of the arena
+  outlives :func:`run_payload`'s decoding.
+- The request and the arguments are let go before the outcome is encoded,
+  and each return value once it is pickled, so an echo of 128 MiB is not
+  held as argument, value and pickle at once.
+- Return values are pickled straight into the arena (a pickler streams a
+  large ``bytes`` into its file without a copy), and the outcome is built
+  from views of them; the worker then holds the value's pickle once, in
+  the arena, plus the outcome the server reads.
 """
 
 from __future__ import annotations
@@ -18,11 +36,13 @@ import traceback
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cloudpickle
 from tblib import pickling_support
 
+from pool_wire.arena import Arena
+from pool_wire.function_cache import FunctionCache
 from pool_wire.limits import MAX_PAYLOAD_BYTES
 from pool_wire.payload import (
     BatchOutcome,
@@ -40,6 +60,8 @@ from pool_wire.payload import (
 from pool_wire.protocol import ResultStatus
 from pool_wire.source_files import same_module_functions
 
+T = TypeVar("T")
+
 _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pickled by value
 
 # tblib pickles a traceback as a chain nested one level per frame, so a
@@ -53,6 +75,18 @@ TRACEBACK_TAIL_FRAMES = 80
 # How many chained exceptions (__cause__, __context__) are trimmed; a longer
 # chain is as rare as it is unreadable.
 MAX_CHAINED_EXCEPTIONS = 20
+
+
+@dataclass
+class CachedFunction:
+    """A function of the worker's cache: its pickle until a call needs it,
+    then the function (unpickled once, after that call's depmodules)."""
+
+    pickled: bytes
+    function: Callable[..., Any] | None = None
+
+
+Functions = FunctionCache[CachedFunction]
 
 
 @dataclass
@@ -71,20 +105,53 @@ class _Ran:
 
 
 def run_payload(payload: bytes) -> tuple[ResultStatus, bytes]:
-    """Decode, run and answer one call or a batch, in the payload's own format."""
+    """Decode, run and answer one call or a batch: :func:`run_checked`
+    without an arena, a function cache or a check."""
+    status, outcome, _ = run_checked(payload, lambda: None)
+    return status, outcome
+
+
+def run_checked(
+    payload: bytes | memoryview,
+    check: Callable[[], T],
+    functions: Functions | None = None,
+    arena: Arena | None = None,
+) -> tuple[ResultStatus, bytes, T]:
+    """Decode, run and answer one call or a batch, in the payload's own format.
+
+    ``payload`` may be a view of ``arena``: it is not read once the calls
+    start, and return values are pickled into ``arena`` from offset 0 on.
+    ``functions`` holds the functions a payload may name by key. ``check``
+    runs once the user's code is done (unpickling runs some too), before the
+    answer is encoded, and its result is returned: mapping the arena opens
+    a file descriptor, which would take the slot of one the call closed.
+    """
     started_at = time.time()
+    json = is_json(bytes(payload[:1]))
     try:
-        request = loads_request(payload)
-        function, calls = _prepare(request)
+        # loads_request reads any buffer (JSON aside), views and all.
+        request = loads_request(bytes(payload) if json else payload)  # type: ignore[arg-type]
+        function, calls = _prepare(request, functions)
     except _ImportFailed as e:
-        return _answer(payload, [_Ran(OutcomeStatus.RAISED, error=e.__cause__)], batch=False)
+        checked = check()
+        ran = _Ran(OutcomeStatus.RAISED, error=e.__cause__)
+        return (*_answer(json, [ran], batch=False), checked)
+    except _Missing as e:
+        checked = check()
+        ran = _Ran(OutcomeStatus.BAD_REQUEST, error=e, context="the call could not be run")
+        return ResultStatus.MISSING, _answer(json, [ran], batch=False)[1], checked
     except Exception as e:
+        checked = check()
         context = "the call could not be decoded on the worker"
-        failed = _Ran(OutcomeStatus.BAD_REQUEST, error=e, context=context, started_at=started_at)
-        return _answer(payload, [failed], batch=False)
+        ran = _Ran(OutcomeStatus.BAD_REQUEST, error=e, context=context, started_at=started_at)
+        return (*_answer(json, [ran], batch=False), checked)
     retry_on = () if isinstance(request, JsonCall) else request.retry_on
-    ran = [_call(function, args, kwargs, retry_on) for args, kwargs in calls]
-    return _answer(payload, ran, batch=isinstance(request, BatchRequest))
+    batch = isinstance(request, BatchRequest)
+    del request, payload  # views of the arena, which the values will overwrite
+    done = [_call(function, args, kwargs, retry_on) for args, kwargs in calls]
+    del calls, function  # only the return values are needed now
+    checked = check()
+    return (*_answer(json, done, batch, _Values(arena)), checked)
 
 
 def _call(
@@ -118,18 +185,21 @@ def _call(
     )
 
 
-def _answer(payload: bytes, ran: list[_Ran], batch: bool) -> tuple[ResultStatus, bytes]:
+def _answer(
+    json: bool, ran: list[_Ran], batch: bool, values: _Values | None = None
+) -> tuple[ResultStatus, bytes]:
     """Encode what happened; a batch answers with one outcome per item."""
+    values = values or _Values(None)
     try:
-        if is_json(payload):
+        if json:
             status, outcome = _result_status(ran[0]), _encode_json(ran[0])
         elif batch:
-            outcomes = [_call_outcome(r) for r in ran]
+            outcomes = [_call_outcome(r, values) for r in ran]
             retry = any(r.retryable for r in ran)
             status = ResultStatus.RETRY if retry else ResultStatus.OK
             outcome = dumps(BatchOutcome(outcomes))
         else:
-            outcome = dumps(_call_outcome(ran[0]))  # may turn it into BAD_RESULT
+            outcome = dumps(_call_outcome(ran[0], values))  # may turn it into BAD_RESULT
             status = _result_status(ran[0])
         if len(outcome) > MAX_PAYLOAD_BYTES:
             output = sum(len(r.stdout) + len(r.stderr) for r in ran)
@@ -139,30 +209,86 @@ def _answer(payload: bytes, ran: list[_Ran], batch: bool) -> tuple[ResultStatus,
             )
     except Exception as e:  # the last line of defence: the worker must keep serving
         bare = _Ran(OutcomeStatus.BAD_RESULT, error=e, context="the outcome could not be sent")
-        if is_json(payload):
+        if json:
             return ResultStatus.ERROR, _encode_json(bare)
-        return ResultStatus.ERROR, dumps(_call_outcome(bare))
+        return ResultStatus.ERROR, dumps(_call_outcome(bare, _Values(None)))
     return status, outcome
+
+
+class _Values:
+    """Where return values are pickled: one after another in the arena from
+    offset 0 (the payload there is spent), or as bytes without one."""
+
+    def __init__(self, arena: Arena | None) -> None:
+        self._arena = arena
+        self._offset = 0
+
+    def pickle(self, value: Any) -> bytes | memoryview:
+        """``value`` pickled; raises ValueError past MAX_PAYLOAD_BYTES."""
+        if self._arena is None:
+            pickled: bytes = cloudpickle.dumps(value)
+            if len(pickled) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"it pickles to {len(pickled)} bytes, over {MAX_PAYLOAD_BYTES}")
+            return pickled
+        writer = self._arena.writer(self._offset, MAX_PAYLOAD_BYTES)
+        cloudpickle.dump(value, writer)
+        self._offset = writer.span.end
+        return self._arena.view(writer.span)
 
 
 class _ImportFailed(Exception):
     """Marks an import the call needed that failed (the real error is the cause)."""
 
 
+class _Missing(LookupError):
+    """The payload names a function by key that this worker does not have."""
+
+
 def _prepare(
-    request: CallRequest | BatchRequest | JsonCall,
+    request: CallRequest | BatchRequest | JsonCall, functions: Functions | None
 ) -> tuple[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]]]:
     """The function and its calls' (args, kwargs), unpickled or imported."""
     if isinstance(request, JsonCall):
         return _import_function(request.function), [(tuple(request.args), request.kwargs)]
     for name in request.depmodules:
         _import(name, f"depmodule {name!r}")
-    function = cloudpickle.loads(request.function)
-    if request.source_files:
-        _restore_source_files(function, dict(request.source_files))
+    if request.function_hash:
+        function = _cached(request.function_hash, functions, request.source_files)
+    else:
+        function = _unpickle_function(request.function, request.source_files)
     if isinstance(request, BatchRequest):
         return function, list(cloudpickle.loads(request.items))
     return function, [cloudpickle.loads(request.arguments)]
+
+
+def _unpickle_function(
+    pickled: bytes | memoryview, source_files: tuple[tuple[str, str], ...]
+) -> Callable[..., Any]:
+    function: Callable[..., Any] = cloudpickle.loads(pickled)
+    if source_files:
+        _restore_source_files(function, dict(source_files))
+    return function
+
+
+def _cached(
+    key: str, functions: Functions | None, source_files: tuple[tuple[str, str], ...]
+) -> Callable[..., Any]:
+    """The function of ``key`` from the worker's cache, unpickled on first use.
+
+    A function that failed to unpickle stays pickled, to be tried again by
+    the next call (whose depmodules may differ): the server's mirror counts
+    it as present either way.
+    """
+    entry = functions.get(key) if functions is not None else None
+    if entry is None:
+        raise _Missing(
+            f"the payload names function {key}, which worker pid {os.getpid()} does not have "
+            "(the server sends it again; if you see this, it could not)"
+        )
+    if entry.function is None:
+        entry.function = _unpickle_function(entry.pickled, source_files)
+        entry.pickled = b""
+    return entry.function
 
 
 def _restore_source_files(function: Callable[..., Any], files: dict[str, str]) -> None:
@@ -230,15 +356,14 @@ def _result_status(ran: _Ran) -> ResultStatus:
     return ResultStatus.RETRY if ran.retryable else ResultStatus.ERROR
 
 
-def _call_outcome(ran: _Ran) -> CallOutcome:
+def _call_outcome(ran: _Ran, values: _Values) -> CallOutcome:
     """The pickled-format answer to one call (a return value that will not
     pickle turns it into BAD_RESULT)."""
-    value = b""
+    value: bytes | memoryview = b""
     if ran.status is OutcomeStatus.RETURNED:
         try:
-            value = cloudpickle.dumps(ran.value)
-            if len(value) > MAX_PAYLOAD_BYTES:
-                raise ValueError(f"it pickles to {len(value)} bytes, over {MAX_PAYLOAD_BYTES}")
+            value = values.pickle(ran.value)
+            ran.value = None  # the pickle is what is sent; the value may go
         except Exception as e:
             what = f"the return value ({type(ran.value).__name__}) could not be sent back"
             ran.status, ran.error, ran.context, value = OutcomeStatus.BAD_RESULT, e, what, b""
