@@ -136,6 +136,7 @@ class WorkerProcess:
         self._resend: tuple[ArenaJob | JobRequest, FunctionBytes] | None = None
         self.bytes_sent = 0  # written to the worker's protocol channel, all lines
         self.functions_sent = 0  # FUNCTION lines
+        self.outcomes_from_arena = 0  # RESULTREF lines
         # Why the worker asked to be replaced after its current job, if it did.
         self.retiring: str | None = None
         self._output_job: str | None = None  # whose output fds 1 and 2 carry; None: start-up
@@ -445,6 +446,7 @@ class WorkerProcess:
         except ValueError as e:
             raise ProtocolError(f"RESULTREF {message.job_id}: {e}") from e
         self._arena_used = max(self._arena_used, message.span.end)
+        self.outcomes_from_arena += 1
         return JobOutcome(message.job_id, message.status, outcome)
 
     def _release_arena(self) -> None:
