@@ -191,7 +191,10 @@ def _answer(
     call left the worker unfit (``problem``): the server must know that first."""
     if problem is not None:
         session.write(Retiring(job_id, problem))
-    if session.arena is not None and len(outcome) > ARENA_THRESHOLD_BYTES:
+    # A ``missing`` answer never goes through the arena: the server resends
+    # a JOBREF as it was, so the payload there must stay untouched.
+    big = len(outcome) > ARENA_THRESHOLD_BYTES and status is not ResultStatus.MISSING
+    if session.arena is not None and big:
         session.write(ArenaOutcome(job_id, status, session.arena.write(outcome)))
     else:
         session.write(JobOutcome(job_id, status, outcome))
