@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -257,3 +258,35 @@ def test_malformed_chunked_calls_are_refused(
 ) -> None:
     assert asyncio.run(_chunked(server.address, chunks)) == grpc.StatusCode.INVALID_ARGUMENT
     assert len(server.pids()) == 2
+
+
+def test_a_function_is_sent_once_and_survives_a_worker_restart(server: ServerProcess) -> None:
+    """compute() names its function by key after the first call on a stream;
+    a replaced worker (empty cache) gets it from the server, not the client."""
+    table = bytes(range(256)) * 4096  # a 1 MiB closure: worth sending once
+
+    def lookup(i: int) -> int:
+        return table[i]
+
+    remote = compute_this(server.address)(lookup)
+
+    async def calls(indexes: range) -> tuple[list[int], int]:
+        results = [await remote.async_run(i) for i in indexes]
+        return results, len(_transport.stream_for(remote.address)._sent)
+
+    async def across_worker_restarts() -> tuple[list[int], list[int], int]:
+        before, _ = await calls(range(10))
+        old = server.pids()
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)
+
+        def replaced() -> bool:
+            return not set(server.pids()) & set(old) and all_idle(server, 2)()
+
+        await asyncio.to_thread(wait_until, replaced, 30, "fresh workers")
+        after, sent = await calls(range(10, 20))
+        return before, after, sent
+
+    before, after, sent = asyncio.run(across_worker_restarts())
+    assert before == list(range(10)) and after == list(range(10, 20))
+    assert sent == 1  # one function key sent on the stream, once
