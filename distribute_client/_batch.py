@@ -132,16 +132,27 @@ def calls_per_job(total: int | None, workers: int) -> int:
     return max(1, min(MAX_CALLS_PER_JOB, chunk))
 
 
-def encode_chunks(remote: Mappable, calls: list[Args]) -> list[tuple[int, bytes]]:
-    """``calls`` as (number of calls, payload) chunks: one, or halves of it
-    (recursively) while it pickles larger than MAX_CHUNK_BYTES."""
-    payload = _codec.encode_batch(
-        remote.function, calls, remote.depmodules, remote.retry_on, remote._by_value
+def encode_chunks(
+    remote: Mappable, calls: list[Args], function_apart: bool = False
+) -> list[tuple[int, _codec.Encoded]]:
+    """``calls`` as (number of calls, encoded chunk) pairs: one, or halves of
+    it (recursively) while it pickles larger than MAX_CHUNK_BYTES. With
+    ``function_apart`` (plain calls) the function travels beside each chunk,
+    sent once per stream; a journaled job must carry its own."""
+    chunk = _codec.encode_batch(
+        remote.function,
+        calls,
+        remote.depmodules,
+        remote.retry_on,
+        remote._by_value,
+        function_apart=function_apart,
     )
-    if len(payload) <= MAX_CHUNK_BYTES or len(calls) == 1:
-        return [(len(calls), payload)]
+    if len(chunk.payload) <= MAX_CHUNK_BYTES or len(calls) == 1:
+        return [(len(calls), chunk)]
     half = len(calls) // 2
-    return encode_chunks(remote, calls[:half]) + encode_chunks(remote, calls[half:])
+    return encode_chunks(remote, calls[:half], function_apart) + encode_chunks(
+        remote, calls[half:], function_apart
+    )
 
 
 async def run_chunks(
@@ -166,10 +177,15 @@ async def run_chunks(
             if not exhausted and len(running) < max_pending and in_flight < max_in_flight:
                 taken = list(itertools.islice(calls, min(chunk_size, max_in_flight - in_flight)))
                 exhausted = not taken
-                for count, payload in encode_chunks(remote, taken) if taken else ():
-                    request = pool_pb2.RunRequest(payload=payload, retries=remote.retries)
+                for count, chunk in encode_chunks(remote, taken, True) if taken else ():
+                    request = pool_pb2.RunRequest(
+                        payload=chunk.payload,
+                        retries=remote.retries,
+                        function_hash=chunk.function_hash,
+                    )
                     deadline = _chunk_deadline(remote.timeout, count)
-                    task = asyncio.create_task(_transport.run(address, request, deadline))
+                    sending = _transport.run(address, request, deadline, chunk.function)
+                    task = asyncio.create_task(sending)
                     running.add(task)
                     task.add_done_callback(running.discard)
                     sent.append((count, task))
@@ -254,7 +270,7 @@ async def _submit_chunks(
     delay = QUEUE_FULL_BACKOFF_MIN_S
     while True:
         try:
-            jobs = await submit(remote, [payload for _, payload in chunks], counts, batch_id)
+            jobs = await submit(remote, [chunk.payload for _, chunk in chunks], counts, batch_id)
             break
         except QueueFullError:  # other work fills the queue: wait for room, as a call would
             await asyncio.sleep(delay)

@@ -100,8 +100,11 @@ def encode_batch(
     depmodules: tuple[str, ...],
     retry_on: tuple[str, ...],
     by_value: types.ModuleType | None,
-) -> bytes:
-    """Many calls of one function in one payload: the function is pickled once."""
+    *,
+    function_apart: bool = False,
+) -> Encoded:
+    """Many calls of one function in one payload: the function is pickled
+    once, and with ``function_apart`` travels beside the payload."""
     name = _name(function)
     with _pickled_by_value(by_value):
         function_bytes = _pickle_function(function)
@@ -117,8 +120,13 @@ def encode_batch(
                         f"{culprit} of {name}, item {index} of the batch, could not be pickled: {e}"
                     ) from e
             raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
-    request = BatchRequest(function_bytes, items, depmodules, retry_on, _source_files(function))
-    return _checked(dumps(request), name)
+    source_files = _source_files(function)
+    if not function_apart:
+        request = BatchRequest(function_bytes, items, depmodules, retry_on, source_files)
+        return Encoded(_checked(dumps(request), name))
+    key = function_key(function_bytes)
+    request = BatchRequest(b"", items, depmodules, retry_on, source_files, key)
+    return Encoded(_checked(dumps(request), name), key, function_bytes)
 
 
 def encode_json_call(function: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:

@@ -87,7 +87,7 @@ def test_a_chunk_of_big_arguments_is_split_below_the_byte_cap() -> None:
     size = MAX_CHUNK_BYTES // 5  # distinct blocks: pickle would write one shared object once
     chunks = encode_chunks(remote, [((bytes([i]) * size,), {}) for i in range(12)])
     assert sum(count for count, _ in chunks) == 12 and len(chunks) > 1
-    assert all(len(payload) <= MAX_CHUNK_BYTES for _, payload in chunks)
+    assert all(len(chunk.payload) <= MAX_CHUNK_BYTES for _, chunk in chunks)
     (alone,) = encode_chunks(remote, [((b"x" * MAX_CHUNK_BYTES,), {})])
     assert alone[0] == 1
 
