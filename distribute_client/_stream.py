@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -35,12 +36,17 @@ MAX_KEYS_REMEMBERED = 4096
 
 
 class _StreamingCall(Protocol):
-    def __aiter__(self) -> AsyncIterator[pool_pb2.CallEvent]: ...
+    def __aiter__(self) -> AsyncIterator[pool_pb2.CallEvents]: ...
 
     def cancel(self) -> bool: ...
 
+    async def code(self) -> grpc.StatusCode: ...
 
-OpenStream = Callable[[AsyncIterator[pool_pb2.CallMessage]], _StreamingCall]
+
+OpenStream = Callable[[AsyncIterator[pool_pb2.CallMessages]], _StreamingCall]
+
+# Messages queued together are sent as one, up to about this size.
+MAX_BATCH_BYTES = 4 * 1024 * 1024
 TranslateError = Callable[[grpc.aio.AioRpcError], PoolError]
 FailedError = Callable[[pool_pb2.CallFailed], PoolError]
 
@@ -126,23 +132,33 @@ class CallStream:
         if len(self._sent) > MAX_KEYS_REMEMBERED:
             self._sent.popitem(last=False)
 
-    async def _messages(self) -> AsyncIterator[pool_pb2.CallMessage]:
+    async def _messages(self) -> AsyncIterator[pool_pb2.CallMessages]:
+        """Everything queued by the time the last message left, as one."""
         while True:
-            yield await self._outbox.get()
+            message = await self._outbox.get()
+            batch = pool_pb2.CallMessages(messages=[message])
+            size = message.ByteSize()
+            while size < MAX_BATCH_BYTES and not self._outbox.empty():
+                message = self._outbox.get_nowait()
+                batch.messages.append(message)
+                size += message.ByteSize()
+            yield batch
 
     async def _read(self) -> None:
         try:
-            async for event in self._call:
-                answer = self._pending.pop(event.call_id, None)
-                if answer is not None and not answer.done():
-                    answer.set_result(event)
+            async for batch in self._call:
+                for event in batch.events:
+                    answer = self._pending.pop(event.call_id, None)
+                    if answer is not None and not answer.done():
+                        answer.set_result(event)
             error: PoolError = ServerShuttingDownError("the server closed the call stream")
         except grpc.aio.AioRpcError as e:
             error = self._translate(e)
         except asyncio.CancelledError:  # the loop is closing
             self._call.cancel()
-            error = PoolError("the client's event loop closed the call stream")
-            self._fail_all(error)
+            self._fail_all(PoolError("the client's event loop closed the call stream"))
+            with contextlib.suppress(BaseException):
+                await self._call.code()  # let gRPC finish the cancel before the loop goes
             raise
         self._fail_all(error)
 

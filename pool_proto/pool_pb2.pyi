@@ -92,6 +92,18 @@ class Chunk(_message.Message):
     data: bytes
     def __init__(self, request: _Optional[_Union[RunRequest, _Mapping]] = ..., reply: _Optional[_Union[RunReply, _Mapping]] = ..., total_bytes: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class CallMessages(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[CallMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[CallMessage, _Mapping]]] = ...) -> None: ...
+
+class CallEvents(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[CallEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ...) -> None: ...
+
 class CallMessage(_message.Message):
     __slots__ = ("call_id", "start", "cancel", "deadline_s")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]

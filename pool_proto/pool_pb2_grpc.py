@@ -41,8 +41,8 @@ class PoolStub:
                 _registered_method=True)
         self.Calls = channel.stream_stream(
                 '/pool.Pool/Calls',
-                request_serializer=pool__proto_dot_pool__pb2.CallMessage.SerializeToString,
-                response_deserializer=pool__proto_dot_pool__pb2.CallEvent.FromString,
+                request_serializer=pool__proto_dot_pool__pb2.CallMessages.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.CallEvents.FromString,
                 _registered_method=True)
         self.RunChunked = channel.stream_stream(
                 '/pool.Pool/RunChunked',
@@ -105,10 +105,11 @@ class PoolServicer:
     def Calls(self, request_iterator, context):
         """Calls from one client over one stream, as distribute_client makes them:
         each CallMessage starts or cancels a call named by the client's id, and
-        each CallEvent answers one, in the order they finish. A call costs one
-        message each way instead of an RPC. The server reads the next message
-        only while its queue has room, so a full queue slows the stream down
-        instead of failing calls.
+        each CallEvent answers one, in the order they finish. Each side sends
+        what it has ready in one message (a burst of calls is one CallMessages),
+        so a call costs a share of a message each way instead of an RPC. The
+        server reads the next message only while its queue has room, so a full
+        queue slows the stream down instead of failing calls.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,8 +189,8 @@ def add_PoolServicer_to_server(servicer, server):
             ),
             'Calls': grpc.stream_stream_rpc_method_handler(
                     servicer.Calls,
-                    request_deserializer=pool__proto_dot_pool__pb2.CallMessage.FromString,
-                    response_serializer=pool__proto_dot_pool__pb2.CallEvent.SerializeToString,
+                    request_deserializer=pool__proto_dot_pool__pb2.CallMessages.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.CallEvents.SerializeToString,
             ),
             'RunChunked': grpc.stream_stream_rpc_method_handler(
                     servicer.RunChunked,
@@ -289,8 +290,8 @@ class Pool:
             request_iterator,
             target,
             '/pool.Pool/Calls',
-            pool__proto_dot_pool__pb2.CallMessage.SerializeToString,
-            pool__proto_dot_pool__pb2.CallEvent.FromString,
+            pool__proto_dot_pool__pb2.CallMessages.SerializeToString,
+            pool__proto_dot_pool__pb2.CallEvents.FromString,
             options,
             channel_credentials,
             insecure,

@@ -24,6 +24,10 @@ from pool_server.errors import CallError, InvalidCall
 
 log = logging.getLogger("pool_server.call_stream")
 
+# Answers ready together go in one message up to about this size (a larger
+# single answer goes alone).
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+
 Handler = Callable[[pool_pb2.CallMessage], Coroutine[Any, Any, pool_pb2.CallEvent]]
 
 
@@ -40,13 +44,24 @@ class CallStream:
         return f"<CallStream {len(self._calls)} calls, reading={self._reading}>"
 
     async def serve(
-        self, messages: AsyncIterator[pool_pb2.CallMessage]
-    ) -> AsyncIterator[pool_pb2.CallEvent]:
-        """The answers, until the client has closed its side and all are sent."""
+        self, messages: AsyncIterator[pool_pb2.CallMessages]
+    ) -> AsyncIterator[pool_pb2.CallEvents]:
+        """The answers, until the client has closed its side and all are sent:
+        each message carries every answer ready by then (up to a few MiB)."""
         reader = self._reader = asyncio.create_task(self._read(messages))
         try:
-            while (event := await self._answers.get()) is not None:
-                yield event
+            ended = False
+            while not ended and (event := await self._answers.get()) is not None:
+                batch = pool_pb2.CallEvents(events=[event])
+                size = event.ByteSize()
+                while size < MAX_BATCH_BYTES and not self._answers.empty():
+                    more = self._answers.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    batch.events.append(more)
+                    size += more.ByteSize()
+                yield batch
         finally:
             reader.cancel()
             for task in list(self._calls.values()):
@@ -58,17 +73,18 @@ class CallStream:
         if self._reader is not None:
             self._reader.cancel()
 
-    async def _read(self, messages: AsyncIterator[pool_pb2.CallMessage]) -> None:
+    async def _read(self, messages: AsyncIterator[pool_pb2.CallMessages]) -> None:
         try:
-            async for message in messages:
-                body = message.WhichOneof("body")
-                if body == "start":
-                    self._start(message)
-                    await self._wait_for_room()
-                elif body == "cancel":
-                    task = self._calls.get(message.call_id)
-                    if task is not None:
-                        task.cancel()
+            async for batch in messages:
+                for message in batch.messages:
+                    body = message.WhichOneof("body")
+                    if body == "start":
+                        self._start(message)
+                        await self._wait_for_room()
+                    elif body == "cancel":
+                        task = self._calls.get(message.call_id)
+                        if task is not None:
+                            task.cancel()
         finally:
             self._reading = False
             if not self._calls:

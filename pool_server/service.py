@@ -79,9 +79,9 @@ class PoolService(pool_pb2_grpc.PoolServicer):
 
     async def Calls(
         self,
-        messages: AsyncIterator[pool_pb2.CallMessage],
+        messages: AsyncIterator[pool_pb2.CallMessages],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pool_pb2.CallEvent]:
+    ) -> AsyncIterator[pool_pb2.CallEvents]:
         """Many Run calls multiplexed on one stream (see proto/pool.proto)."""
         stream = CallStream(self._stream_call, self._pool.queue.wait_for_room)
         self._streams.add(stream)

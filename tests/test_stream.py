@@ -106,19 +106,20 @@ def _start(
 async def _exchange(
     address: str, messages: list[pool_pb2.CallMessage], answers: int
 ) -> list[pool_pb2.CallEvent]:
-    """Send ``messages`` on a raw stream; the first ``answers`` events."""
+    """Send ``messages`` on a raw stream, one per CallMessages; the first
+    ``answers`` events."""
 
-    async def outgoing() -> AsyncIterator[pool_pb2.CallMessage]:
+    async def outgoing() -> AsyncIterator[pool_pb2.CallMessages]:
         for message in messages:
-            yield message
+            yield pool_pb2.CallMessages(messages=[message])
         await asyncio.sleep(60)  # keep our side open until the answers are in
 
     async with grpc.aio.insecure_channel(address) as channel:
         call = pool_pb2_grpc.PoolStub(channel).Calls(outgoing(), metadata=AUTH_METADATA)
-        events = []
-        async for event in call:
-            events.append(event)
-            if len(events) == answers:
+        events: list[pool_pb2.CallEvent] = []
+        async for batch in call:
+            events.extend(batch.events)
+            if len(events) >= answers:
                 call.cancel()
                 break
         return events
@@ -198,9 +199,9 @@ def test_odd_stream_messages_get_clear_answers(server: ServerProcess) -> None:
 
 def test_a_stream_without_a_token_is_refused(server: ServerProcess) -> None:
     async def bare() -> grpc.StatusCode:
-        async def nothing() -> AsyncIterator[pool_pb2.CallMessage]:
+        async def nothing() -> AsyncIterator[pool_pb2.CallMessages]:
             await asyncio.sleep(10)
-            yield pool_pb2.CallMessage()
+            yield pool_pb2.CallMessages()
 
         async with grpc.aio.insecure_channel(server.address) as channel:
             try:
