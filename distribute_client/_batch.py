@@ -175,6 +175,7 @@ async def run_chunks(
     try:
         while True:
             if not exhausted and len(running) < max_pending and in_flight < max_in_flight:
+                await _transport.give_way(address)  # the chunks pickled so far leave first
                 taken = list(itertools.islice(calls, min(chunk_size, max_in_flight - in_flight)))
                 exhausted = not taken
                 for count, chunk in encode_chunks(remote, taken, True) if taken else ():

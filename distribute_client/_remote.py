@@ -190,6 +190,7 @@ class Call(Generic[R]):
             job = await self.async_submit()
             return await job.async_result()
         address = remote.address
+        await _transport.give_way(address)
         call = self._encode(function_apart=True)
         request = pool_pb2.RunRequest(
             payload=call.payload, retries=remote.retries, function_hash=call.function_hash

@@ -69,6 +69,17 @@ class CallStream:
         state = f"broken: {self.broken}" if self.broken else f"{len(self._pending)} calls"
         return f"<CallStream {state}>"
 
+    async def give_way(self) -> None:
+        """Let calls already queued leave before the caller pickles another.
+
+        In a burst (``gather`` of many calls, a map) every call's task would
+        pickle and queue its call before the sender ran once; stepping aside
+        while the sender is due puts it first, so the first call of a burst
+        leaves at once and the rest follow in batches.
+        """
+        if not self._outbox.empty():
+            await asyncio.sleep(0)
+
     async def run(
         self, request: pool_pb2.RunRequest, deadline_s: float | None, function: bytes = b""
     ) -> pool_pb2.RunReply:

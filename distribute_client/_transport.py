@@ -193,6 +193,11 @@ class Reply:
         )
 
 
+async def give_way(address: Address) -> None:
+    """Before pickling a call: let the calls already queued to ``address`` leave."""
+    await stream_for(address).give_way()
+
+
 async def run(
     address: Address,
     request: pool_pb2.RunRequest,

@@ -291,3 +291,35 @@ def test_a_function_is_sent_once_and_survives_a_worker_restart(server: ServerPro
     before, after, sent = asyncio.run(across_worker_restarts())
     assert before == list(range(10)) and after == list(range(10, 20))
     assert sent == 1  # one function key sent on the stream, once
+
+
+PICKLED_AT: list[float] = []
+
+
+class Stamped:
+    """An argument that notes when the client pickled it (and arrives as an int)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        PICKLED_AT.append(time.time())
+        return (int, (self.value,))
+
+
+def ran_at(value: int) -> float:
+    return time.time()
+
+
+def test_the_first_call_of_a_burst_runs_before_the_last_is_pickled(server: ServerProcess) -> None:
+    remote = compute_this(server.address)(ran_at)
+    PICKLED_AT.clear()
+
+    async def burst() -> list[float]:
+        await remote.async_run(0)  # the stream is open
+        PICKLED_AT.clear()
+        return await asyncio.gather(*(remote.async_run(Stamped(i)) for i in range(3000)))  # type: ignore[arg-type]
+
+    ran = asyncio.run(burst())
+    assert len(PICKLED_AT) == 3000
+    assert min(ran) < max(PICKLED_AT)
