@@ -88,7 +88,7 @@ QUEUE_FULL_BACKOFF_MAX_S = 2.0
 DEFAULT_MAX_IN_FLIGHT = 8192
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
-Outcomes = AsyncGenerator[tuple[list[CallOutcome], str], None]
+Outcomes = AsyncGenerator[tuple[list[CallOutcome] | list[_codec.Returned], str], None]
 
 
 class _Bound(Protocol):
@@ -329,7 +329,9 @@ class AsyncMap(Generic[R]):
         # Bind each call as it is taken: a TypeError names the bad item.
         self._calls = (_bind(remote, args) for args in zip(*iterables, strict=False))
         self._chunks: Outcomes | None = None
-        self._ready: collections.deque[tuple[CallOutcome, str]] = collections.deque()
+        self._ready: collections.deque[tuple[CallOutcome | _codec.Returned, str]] = (
+            collections.deque()
+        )
 
     def __aiter__(self) -> AsyncMap[R]:
         return self

@@ -211,22 +211,44 @@ def decode_outcome(data: bytes | bytearray, name: str, where: str) -> Any:
     return value_of(outcome, name, where)
 
 
-def decode_batch(data: bytes | bytearray, name: str, where: str, count: int) -> list[CallOutcome]:
+class Returned(NamedTuple):
+    """A call of a batch that returned quietly: its value, nothing to replay."""
+
+    value: Any
+
+
+def decode_batch(
+    data: bytes | bytearray, name: str, where: str, count: int
+) -> list[CallOutcome] | list[Returned]:
     """The outcomes of a batch's ``count`` calls, in order (not yet replayed).
 
     A batch that failed as a whole (it could not be unpickled, say) answers
-    with one outcome: every call gets it.
+    with one outcome: every call gets it. One whose calls all returned
+    quietly answers with their values.
     """
     outcome = _load_outcome(data, name, where)
     if isinstance(outcome, CallOutcome):
         return [outcome] * count
+    if outcome.returned is not None:
+        try:
+            values = cloudpickle.loads(outcome.returned)
+        except Exception as e:
+            raise SerializationError(
+                f"the return values of {name} could not be unpickled here: {e}; "
+                "return types defined only on the server cannot be rebuilt by the client"
+            ) from e
+        if not isinstance(values, list) or len(values) != count:
+            raise ProtocolError(f"{where} answered {count} calls to {name} with another count")
+        return [Returned(value) for value in values]
     if len(outcome.outcomes) != count:
         raise ProtocolError(f"{where} answered {len(outcome.outcomes)} of {count} calls to {name}")
     return outcome.outcomes
 
 
-def value_of(outcome: CallOutcome, name: str, where: str) -> Any:
+def value_of(outcome: CallOutcome | Returned, name: str, where: str) -> Any:
     """Replay one call's captured output, then return its value or raise its error."""
+    if isinstance(outcome, Returned):
+        return outcome.value
     if outcome.stdout:
         sys.stdout.write(outcome.stdout)
     if outcome.stderr:

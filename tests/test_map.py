@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from distribute_client import Client, WorkerCrashedError, compute_this
+from distribute_client import Client, SerializationError, WorkerCrashedError, compute_this
 from distribute_client._batch import (
     DEFAULT_CALLS_PER_JOB,
     MAX_CALLS_PER_JOB,
@@ -193,3 +194,43 @@ def test_batch_id_needs_a_durable_map(server: ServerProcess) -> None:
     remote = compute_this(server.address)(square)
     with pytest.raises(ValueError, match="durable=True"):
         remote.map(range(3), batch_id="b", durable=False)
+
+
+def chatty(x: int) -> int:
+    if x % 3 == 0:
+        print(f"out {x}")
+    if x % 5 == 0:
+        print(f"err {x}", file=sys.stderr)
+    return x
+
+
+def test_each_calls_output_is_replayed_at_its_turn(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Output captured once for a whole chunk still reaches the caller per
+    call, in order, as the value is yielded."""
+    remote = compute_this(server.address)(chatty)
+    with remote.map(range(30), chunk_size=10) as results:
+        values = list(results)
+    assert values == list(range(30))
+    captured = capsys.readouterr()
+    assert captured.out == "".join(f"out {x}\n" for x in range(0, 30, 3))
+    assert captured.err == "".join(f"err {x}\n" for x in range(0, 30, 5))
+
+
+def unpicklable_at(bad: int, x: int) -> object:
+    if x == bad:
+        return (i for i in range(3))  # a generator will not pickle
+    return x
+
+
+def test_a_value_that_will_not_pickle_fails_only_its_call(server: ServerProcess) -> None:
+    remote = compute_this(server.address)(unpicklable_at)
+    with remote.map([4] * 8, range(8), chunk_size=8) as results:
+        got = []
+        for _ in range(8):
+            try:
+                got.append(next(results))
+            except SerializationError as e:
+                got.append(type(e).__name__)
+    assert got == [0, 1, 2, 3, "SerializationError", 5, 6, 7]

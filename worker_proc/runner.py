@@ -148,10 +148,42 @@ def run_checked(
     retry_on = () if isinstance(request, JsonCall) else request.retry_on
     batch = isinstance(request, BatchRequest)
     del request, payload  # views of the arena, which the values will overwrite
-    done = [_call(function, args, kwargs, retry_on) for args, kwargs in calls]
+    done = _call_all(function, calls, retry_on)
     del calls, function  # only the return values are needed now
     checked = check()
     return (*_answer(json, done, batch, _Values(arena)), checked)
+
+
+def _call_all(
+    function: Callable[..., Any],
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+    retry_on: tuple[str, ...],
+) -> list[_Ran]:
+    """Run the calls in order, output captured once for all of them and
+    handed to each call by its share (a map chunk of small calls is mostly
+    this loop)."""
+    if len(calls) == 1:
+        ((args, kwargs),) = calls
+        return [_call(function, args, kwargs, retry_on)]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    done: list[_Ran] = []
+    spans: list[tuple[int, int, int, int]] = []
+    with _captured(stdout, stderr):
+        for args, kwargs in calls:
+            out, err = stdout.tell(), stderr.tell()
+            started_at, start = time.time(), time.perf_counter()
+            try:
+                ran = _Ran(OutcomeStatus.RETURNED, value=function(*args, **kwargs))
+            except BaseException as e:  # as _call
+                ran = _Ran(OutcomeStatus.RAISED, error=e, retryable=_is_one_of(e, retry_on))
+            ran.started_at, ran.run_seconds = started_at, time.perf_counter() - start
+            done.append(ran)
+            spans.append((out, stdout.tell(), err, stderr.tell()))
+    printed, complained = stdout.getvalue(), stderr.getvalue()
+    if printed or complained:
+        for ran, (out, out_end, err, err_end) in zip(done, spans, strict=True):
+            ran.stdout, ran.stderr = printed[out:out_end], complained[err:err_end]
+    return done
 
 
 def _call(
@@ -194,10 +226,8 @@ def _answer(
         if json:
             status, outcome = _result_status(ran[0]), _encode_json(ran[0])
         elif batch:
-            outcomes = [_call_outcome(r, values) for r in ran]
-            retry = any(r.retryable for r in ran)
+            outcome, retry = _batch_outcome(ran, values), any(r.retryable for r in ran)
             status = ResultStatus.RETRY if retry else ResultStatus.OK
-            outcome = dumps(BatchOutcome(outcomes))
         else:
             outcome = dumps(_call_outcome(ran[0], values))  # may turn it into BAD_RESULT
             status = _result_status(ran[0])
@@ -213,6 +243,20 @@ def _answer(
             return ResultStatus.ERROR, _encode_json(bare)
         return ResultStatus.ERROR, dumps(_call_outcome(bare, _Values(None)))
     return status, outcome
+
+
+def _batch_outcome(ran: list[_Ran], values: _Values) -> bytes:
+    """A batch's answer: its values in one pickle when every call returned
+    quietly and they pickle, else one outcome per call (so that the value
+    that will not pickle is named)."""
+    if all(r.status is OutcomeStatus.RETURNED and not r.stdout and not r.stderr for r in ran):
+        try:
+            returned = values.pickle([r.value for r in ran])
+        except Exception:
+            values.rewind()
+        else:
+            return dumps(BatchOutcome([], returned))
+    return dumps(BatchOutcome([_call_outcome(r, values) for r in ran]))
 
 
 class _Values:
@@ -234,6 +278,10 @@ class _Values:
         cloudpickle.dump(value, writer)
         self._offset = writer.span.end
         return self._arena.view(writer.span)
+
+    def rewind(self) -> None:
+        """Forget what was pickled: the arena is written from the start again."""
+        self._offset = 0
 
 
 class _ImportFailed(Exception):
