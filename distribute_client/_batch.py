@@ -38,8 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from tqdm import tqdm
 
 from distribute_client import _codec, _transport
-from distribute_client._client import Client
-from distribute_client._jobs import Job
+from distribute_client._jobs import LOOKUP_TIMEOUT_S, Job
 from distribute_client._submit import Submittable, submit
 from distribute_client._sync import run_sync
 from distribute_client.errors import QueueFullError
@@ -364,7 +363,8 @@ class AsyncMap(Generic[R]):
         return bool(self._ready)
 
     async def _start(self) -> Outcomes:
-        pool = await Client(str(self._remote.address)).async_status()
+        request = pool_pb2.GetWorkersRequest()  # the function's own address and credentials
+        pool = await _transport.get_workers(self._remote.address, request, LOOKUP_TIMEOUT_S)
         workers = max(1, len(pool.workers))
         chunk_size = self._chunk_size or calls_per_job(self._total, workers)
         if self._remote.retry_on:

@@ -408,3 +408,16 @@ def test_another_local_user_can_neither_read_the_state_nor_call(
         "pool.Pool/GetWorkers",
     )
     assert call.returncode != 0 and "Unauthenticated" in call.stderr
+
+
+def test_map_uses_the_token_it_was_given(default_server: tuple[ServerProcess, str, Path]) -> None:
+    """Every request of a map (its look at the pool included) carries the
+    function's own token, not the environment's."""
+    server, token, _ = default_server
+
+    @compute_this(server.address, token=token)
+    def triple(x: int) -> int:
+        return 3 * x
+
+    assert list(triple.map(range(100))) == [3 * x for x in range(100)]
+    assert list(triple.map(range(10), durable=True)) == [3 * x for x in range(10)]
