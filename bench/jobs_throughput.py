@@ -6,7 +6,7 @@ Usage::
 
 In one run, on one server with a journal: (a) ``--jobs`` concurrent no-op
 ``async_run`` calls (no journal); (b) the same number of no-op jobs through
-``f.async_map`` (submitted in chunks, journaled, results fetched per job);
+``f.async_map(durable=True)`` (submitted in chunks, journaled, results fetched per job);
 (c) the same through one ``async_submit`` + ``async_result`` per job. The
 ratios to (a) are printed. Then (d), with every worker busy, ``--queued``
 jobs are submitted and the server's resident memory is read before and after.
@@ -46,7 +46,7 @@ async def plain_calls(remote: RemoteFunction[[int], int], n: int) -> float:
 
 async def mapped_jobs(remote: RemoteFunction[[int], int], n: int) -> float:
     start = time.perf_counter()
-    results = [value async for value in remote.async_map(range(n))]
+    results = [value async for value in remote.async_map(range(n), durable=True)]
     assert results == list(range(n))
     return time.perf_counter() - start
 
@@ -91,7 +91,7 @@ def main() -> int:
         print(f"server: {server.address} with {args.workers} workers, journal on")
         print(f"(a) {args.jobs} concurrent async_run:        {args.jobs / plain:8,.0f} calls/s")
         print(
-            f"(b) {args.jobs} calls via async_map:         {args.jobs / mapped:8,.0f} calls/s"
+            f"(b) {args.jobs} calls via durable async_map: {args.jobs / mapped:8,.0f} calls/s"
             f"   ratio to (a) {plain / mapped:.2f}"
         )
         print(
