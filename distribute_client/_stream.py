@@ -57,7 +57,7 @@ class CallStream:
     ) -> None:
         self._translate = translate
         self._failed = failed
-        self._outbox: asyncio.Queue[pool_pb2.CallMessage] = asyncio.Queue()
+        self._outbox: asyncio.Queue[pool_pb2.CallMessage | None] = asyncio.Queue()  # None: end
         self._pending: dict[int, asyncio.Future[pool_pb2.CallEvent]] = {}
         self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._ids = itertools.count(1)
@@ -144,13 +144,16 @@ class CallStream:
             self._sent.popitem(last=False)
 
     async def _messages(self) -> AsyncIterator[pool_pb2.CallMessages]:
-        """Everything queued by the time the last message left, as one."""
-        while True:
-            message = await self._outbox.get()
+        """Everything queued by the time the last message left, as one; ends
+        once the stream is broken, so that gRPC's task reading it ends too."""
+        while (message := await self._outbox.get()) is not None:
             batch = pool_pb2.CallMessages(messages=[message])
             size = message.ByteSize()
             while size < MAX_BATCH_BYTES and not self._outbox.empty():
                 message = self._outbox.get_nowait()
+                if message is None:
+                    yield batch
+                    return
                 batch.messages.append(message)
                 size += message.ByteSize()
             yield batch
@@ -175,6 +178,7 @@ class CallStream:
 
     def _fail_all(self, error: PoolError) -> None:
         self.broken = error
+        self._outbox.put_nowait(None)
         pending, self._pending = self._pending, {}
         for answer in pending.values():
             if not answer.done():
