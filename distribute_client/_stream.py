@@ -18,7 +18,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import grpc
@@ -53,17 +53,21 @@ FailedError = Callable[[pool_pb2.CallFailed], PoolError]
 
 class CallStream:
     def __init__(
-        self, open_stream: OpenStream, translate: TranslateError, failed: FailedError
+        self,
+        open_stream: OpenStream,
+        translate: TranslateError,
+        failed: FailedError,
+        close_channel: Callable[[], Awaitable[None]],
     ) -> None:
         self._translate = translate
         self._failed = failed
+        self._close_channel = close_channel
         self._outbox: asyncio.Queue[pool_pb2.CallMessage | None] = asyncio.Queue()  # None: end
         self._pending: dict[int, asyncio.Future[pool_pb2.CallEvent]] = {}
         self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._ids = itertools.count(1)
         self.broken: PoolError | None = None
-        self._call = open_stream(self._messages())
-        self._reader = asyncio.create_task(self._read(), name="pool-call-stream")
+        self._reader = asyncio.create_task(self._read(open_stream), name="pool-call-stream")
 
     def __repr__(self) -> str:
         state = f"broken: {self.broken}" if self.broken else f"{len(self._pending)} calls"
@@ -158,9 +162,14 @@ class CallStream:
                 size += message.ByteSize()
             yield batch
 
-    async def _read(self) -> None:
+    async def _read(self, open_stream: OpenStream) -> None:
+        """Hand out the answers until the stream ends. The call lives in this
+        frame alone, so that once the stream is over nothing keeps it, or its
+        channel, alive (a channel left over from a closed event loop would
+        bind gRPC to that loop)."""
+        call = open_stream(self._messages())
         try:
-            async for batch in self._call:
+            async for batch in call:
                 for event in batch.events:
                     answer = self._pending.pop(event.call_id, None)
                     if answer is not None and not answer.done():
@@ -168,11 +177,12 @@ class CallStream:
             error: PoolError = ServerShuttingDownError("the server closed the call stream")
         except grpc.aio.AioRpcError as e:
             error = self._translate(e)
-        except asyncio.CancelledError:  # the loop is closing
-            self._call.cancel()
+        except asyncio.CancelledError:  # the loop is shutting down (asyncio.run ends)
             self._fail_all(PoolError("the client's event loop closed the call stream"))
             with contextlib.suppress(BaseException):
-                await self._call.code()  # let gRPC finish the cancel before the loop goes
+                # The loop runs until this task ends: let gRPC finish with the
+                # channel's calls now, or their last events reach a closed loop.
+                await self._close_channel()
             raise
         self._fail_all(error)
 

@@ -113,10 +113,17 @@ class _Stub(Protocol):
     GetBatch: _Unary[pool_pb2.BatchRef, pool_pb2.BatchStatus]
 
 
+@dataclass(frozen=True)
+class _Connection:
+    channel: grpc.aio.Channel
+    stub: _Stub
+
+
 # grpc.aio channels belong to the event loop that made them. A channel holds
 # its loop, so entries are dropped by hand once their loop is closed (each
-# asyncio.run() makes a new loop).
-_channels: dict[asyncio.AbstractEventLoop, dict[Address, _Stub]] = {}
+# asyncio.run() makes a new loop), and a loop's Calls streams close their
+# channel as the loop shuts down (see CallStream).
+_connections: dict[asyncio.AbstractEventLoop, dict[Address, _Connection]] = {}
 _streams: dict[asyncio.AbstractEventLoop, dict[Address, CallStream]] = {}
 
 # Calls whose payload is larger go as their own Run RPC rather than on the
@@ -127,14 +134,18 @@ STREAM_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 def stub_for(address: Address) -> _Stub:
     """A stub on a channel shared by every call to ``address`` on this loop."""
+    return _connection(address).stub
+
+
+def _connection(address: Address) -> _Connection:
     loop = asyncio.get_running_loop()
-    stubs = _channels.get(loop)
-    if stubs is None:
-        for closed in [other for other in _channels if other.is_closed()]:
-            del _channels[closed]
-        stubs = _channels[loop] = {}
-    stub = stubs.get(address)
-    if stub is None:
+    connections = _connections.get(loop)
+    if connections is None:
+        for closed in [other for other in _connections if other.is_closed()]:
+            del _connections[closed]
+        connections = _connections[loop] = {}
+    connection = connections.get(address)
+    if connection is None:
         credentials = address.credentials
         interceptors = token_interceptors(credentials) if credentials.token else None
         if address.tls:
@@ -148,8 +159,18 @@ def stub_for(address: Address) -> _Stub:
             channel = grpc.aio.insecure_channel(
                 address.target, options=_CHANNEL_OPTIONS, interceptors=interceptors
             )
-        stub = stubs[address] = pool_pb2_grpc.PoolStub(channel)
-    return stub
+        stub = pool_pb2_grpc.PoolStub(channel)
+        connection = connections[address] = _Connection(channel, stub)
+    return connection
+
+
+async def _close_at_shutdown(address: Address) -> None:
+    """Close this loop's channel to ``address``: its loop is shutting down,
+    and gRPC must finish with its calls before the loop is gone."""
+    connections = _connections.get(asyncio.get_running_loop(), {})
+    connection = connections.pop(address, None)
+    if connection is not None:
+        await connection.channel.close()
 
 
 # One typed wrapper per RPC of the Pool service. The generated stub has no
@@ -170,6 +191,7 @@ def stream_for(address: Address) -> CallStream:
             stub_for(address).Calls,
             lambda error: _translate(error, address, None),
             lambda failed: _failed(failed, address),
+            lambda: _close_at_shutdown(address),
         )
     return stream
 

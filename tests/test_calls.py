@@ -361,4 +361,4 @@ def test_channels_of_closed_loops_are_dropped(server: ServerProcess) -> None:
     remote = compute_this(server.address)(add)
     for i in range(5):
         assert asyncio.run(remote.async_run(i, 0)) == i
-    assert len(_transport._channels) <= 2  # the last asyncio.run's and the blocking API's
+    assert len(_transport._connections) <= 2  # the last asyncio.run's and the blocking API's

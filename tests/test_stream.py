@@ -8,6 +8,8 @@ import asyncio
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -323,3 +325,31 @@ def test_the_first_call_of_a_burst_runs_before_the_last_is_pickled(server: Serve
     ran = asyncio.run(burst())
     assert len(PICKLED_AT) == 3000
     assert min(ran) < max(PICKLED_AT)
+
+
+LOOPS_SCRIPT = """
+import asyncio, sys
+from distribute_client import compute_this
+
+@compute_this(sys.argv[1])
+def add(a, b):
+    return a + b
+
+assert add(1, 2).compute() == 3  # the blocking API's own loop, alive throughout
+for i in range(3):  # each asyncio.run() a new loop, closed at its end
+    assert asyncio.run(add.async_run(i, 1)) == i + 1
+print("done")
+"""
+
+
+def test_loops_that_close_leave_no_callbacks_behind(server: ServerProcess) -> None:
+    """A loop's stream closes its channel as the loop shuts down, so gRPC
+    never hands an event to a closed loop ("Event loop is closed")."""
+    out = subprocess.run(
+        [sys.executable, "-c", LOOPS_SCRIPT, server.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (out.returncode, out.stdout) == (0, "done\n"), out.stderr
+    assert out.stderr == ""
