@@ -85,12 +85,12 @@ def encode_call(
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    source_files = _source_files(function)
+    rest = (depmodules, retry_on, _source_files(function))
     if not function_apart:
-        request = CallRequest(function_bytes, argument_bytes, depmodules, retry_on, source_files)
-        return Encoded(_checked(dumps(request), name))
+        whole = CallRequest(function_bytes, argument_bytes, *rest)
+        return Encoded(_checked(dumps(whole), name))
     key = function_key(function_bytes)
-    request = CallRequest(b"", argument_bytes, depmodules, retry_on, source_files, key)
+    request = CallRequest(b"", argument_bytes, *rest, function_hash=key)
     return Encoded(_checked(dumps(request), name), key, function_bytes)
 
 
@@ -120,13 +120,13 @@ def encode_batch(
                         f"{culprit} of {name}, item {index} of the batch, could not be pickled: {e}"
                     ) from e
             raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
-    source_files = _source_files(function)
+    rest = (depmodules, retry_on, _source_files(function))
     if not function_apart:
-        request = BatchRequest(function_bytes, items, depmodules, retry_on, source_files)
-        return Encoded(_checked(dumps(request), name))
+        whole = BatchRequest(function_bytes, items, *rest)
+        return Encoded(_checked(dumps(whole), name))
     key = function_key(function_bytes)
-    request = BatchRequest(b"", items, depmodules, retry_on, source_files, key)
-    return Encoded(_checked(dumps(request), name), key, function_bytes)
+    batch = BatchRequest(b"", items, *rest, function_hash=key)
+    return Encoded(_checked(dumps(batch), name), key, function_bytes)
 
 
 def encode_json_call(function: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
