@@ -12,9 +12,9 @@ The first round pays for fresh pages; later rounds show the steady state.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 import time
 
 import cloudpickle
@@ -80,6 +80,10 @@ async def main(mib: int, rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else 128
-    count = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    asyncio.run(main(size, count))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mib", type=int, nargs="?", default=128, help="(default: %(default)s)")
+    parser.add_argument("rounds", type=int, nargs="?", default=3, help="(default: %(default)s)")
+    args = parser.parse_args()
+    asyncio.run(main(args.mib, args.rounds))
