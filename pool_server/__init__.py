@@ -17,20 +17,20 @@ journals them first, and they are answered by ``GetResult``/``WatchJob``
 instead of the RPC that created them.
 
 Who owns what: ``config`` the settings, ``cli`` the command line, ``app``
-start-up, signals and shutdown, ``auth`` tokens and who is calling,
-``tls`` certificates, ``state_dir`` the private state dir, ``service`` gRPC
-and the mapping of ``errors`` to statuses, ``call_stream`` one client's
-Calls stream, ``functions`` the pickled functions clients send once, ``queue`` the bounded job queue, ``jobs`` the job
-record and its life (the supervisor and tracker tell a job what happened;
-it decides what follows), ``events`` the listeners that hear of every job's
-and worker's changes, ``tracker`` durable jobs (submit, lookup, recovery,
-expiry), ``journal`` their SQLite journal and ``journal_writer`` the one
-thread that does its I/O (the event loop never waits on the disk),
-``supervisor`` the worker slots' state machine, restarts and backoff,
-``process`` the I/O with one worker process, ``cgroup`` the slots'
-cgroups (so stopping a slot stops all it started). Payloads are opaque bytes
-here: the server never unpickles them, and imports neither the client nor
-the worker (it starts workers by module name).
+start-up, signals and shutdown, ``auth`` tokens and who is calling, ``tls``
+certificates, ``state_dir`` the private state dir, ``service`` gRPC and the
+mapping of ``errors`` to statuses, ``call_stream`` one client's Calls
+stream, ``functions`` the pickled functions clients send once, ``queue`` the
+bounded job queue, ``jobs`` the job record and its life (the supervisor and
+tracker tell a job what happened; it decides what follows), ``events`` the
+listeners that hear of every job's and worker's changes, ``tracker`` durable
+jobs (submit, lookup, recovery, expiry), ``journal`` their SQLite journal
+and ``journal_writer`` the one thread that does its I/O (the event loop
+never waits on the disk), ``supervisor`` the worker slots' state machine,
+restarts and backoff, ``process`` the I/O with one worker process,
+``cgroup`` the slots' cgroups (so stopping a slot stops all it started).
+Payloads are opaque bytes here: the server never unpickles them, and imports
+neither the client nor the worker (it starts workers by module name).
 """
 
 import os
