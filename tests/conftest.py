@@ -131,7 +131,18 @@ def launch_server(
     scheme = "grpcs://" if "--tls-cert" in args else ""
     address = f"{scheme}{match[1].decode()}:{match[2].decode()}"
     server = ServerProcess(proc, address, log_path, token=token)
-    server.pids()
+    try:
+        server.pids()
+    except PoolError as e:  # it said it serves, then did not answer: say how it ended
+        time.sleep(0.5)
+        code = proc.poll()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        pytest.fail(
+            f"server printed {line!r} but then did not answer ({e}); exit code {code} "
+            f"(negative: killed by that signal)\n{log_path.read_text(errors='replace')}"
+        )
     return server
 
 
