@@ -63,16 +63,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     async def Run(
         self, request: pool_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.RunReply:
-        try:
-            job = await self._run(request, _budget(context))
-        except FunctionNeeded:
-            self.calls_failed += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
-        except CallError as e:  # as _status_on_error, inline on the hottest path
-            self.calls_failed += 1
-            context.set_trailing_metadata(e.metadata())
-            await context.abort(e.code, str(e))
-        self.calls_answered += 1
+        job = await self._run_or_abort(request, context)
         return pool_pb2.RunReply(
             outcome=job.outcome, worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id
         )
@@ -211,22 +202,33 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, chunks: AsyncIterator[pool_pb2.Chunk], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pool_pb2.Chunk]:
         """Run for a large payload, in pieces both ways (see proto/pool.proto)."""
-        try:
+        async with _status_on_error(context):
             request, payload = await _gather_chunks(chunks)
-            job = await self._run(request, _budget(context), payload)
-        except FunctionNeeded:
-            self.calls_failed += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
-        except CallError as e:
-            self.calls_failed += 1
-            context.set_trailing_metadata(e.metadata())
-            await context.abort(e.code, str(e))
-        self.calls_answered += 1
+        job = await self._run_or_abort(request, context, payload)
         outcome = memoryview(job.outcome or b"")
         head = pool_pb2.RunReply(worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id)
         yield pool_pb2.Chunk(reply=head, total_bytes=len(outcome))
         for start in range(0, len(outcome), CHUNK_BYTES):
             yield pool_pb2.Chunk(data=bytes(outcome[start : start + CHUNK_BYTES]))
+
+    async def _run_or_abort(
+        self,
+        request: pool_pb2.RunRequest,
+        context: grpc.aio.ServicerContext,
+        payload: bytes | bytearray | None = None,
+    ) -> Job:
+        """The finished job of a unary call, or the RPC aborted with why."""
+        try:
+            job = await self._run(request, _budget(context), payload)
+        except FunctionNeeded:
+            self.calls_failed += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
+        except CallError as e:  # as _status_on_error, inline on the hottest path
+            self.calls_failed += 1
+            context.set_trailing_metadata(e.metadata())
+            await context.abort(e.code, str(e))
+        self.calls_answered += 1
+        return job
 
     async def _run(
         self,
