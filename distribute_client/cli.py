@@ -5,6 +5,7 @@
     pool-client status JOB_ID | result JOB_ID | cancel JOB_ID | watch JOB_ID
     pool-client jobs --state RUNNING
     pool-client batch BATCH_ID
+    pool-client load --rps 50 --duration 10 --function sleep:10
 
 ``submit`` sends a JSON call: the function is imported *on the server* by
 name, each ARG is a JSON value (text that is not JSON is taken as a string),
@@ -14,7 +15,8 @@ for scripts (a job's id is ``id`` in all of it). Exit codes: 0 done, 1 the
 job failed (its error is printed), 2 bad usage (a malformed --server or
 $POOL_SERVER among it), 3 not finished in time, 4 cancelled, 5 no such job,
 6 no server (or it is shutting down, or cannot reach its journal), 7 the
-server refused the token (or none was found).
+server refused the token (or none was found), 8 ``load`` achieved less than
+95% of the rate it offered.
 
 Only the public client API is used here: what this tool does, a script can.
 """
@@ -29,7 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from distribute_client import (
     AuthenticationError,
@@ -46,8 +48,11 @@ from distribute_client import (
     ServerUnavailableError,
     WorkerCrashedError,
 )
+from distribute_client import load as load_generator
 from pool_wire.names import JobState
 from pool_wire.tokens import parse_tokens
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -57,6 +62,7 @@ EXIT_CANCELLED = 4
 EXIT_NOT_FOUND = 5
 EXIT_UNAVAILABLE = 6
 EXIT_REFUSED = 7
+EXIT_SLOW = 8
 
 # The most specific class first: the first match decides the exit code.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -151,7 +157,49 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=50)
     batch = command("batch", _batch, "show a batch's completion")
     batch.add_argument("batch_id", metavar="BATCH_ID")
+    _add_load(command("load", _load, "offer calls at a fixed rate and report the latencies"))
     return parser
+
+
+def _add_load(load: argparse.ArgumentParser) -> None:
+    load.add_argument("--rps", type=_positive, required=True, help="calls offered a second")
+    load.add_argument(
+        "--duration", type=_positive, required=True, help="seconds measured, after the warmup"
+    )
+    load.add_argument(
+        "--warmup", type=_not_negative, default=0.0, help="seconds sent first and not counted"
+    )
+    load.add_argument(
+        "--arrival",
+        choices=["const", "poisson"],
+        default="const",
+        help="calls every 1/RPS s, or exponential gaps of mean 1/RPS (default: const)",
+    )
+    load.add_argument("--seed", type=int, help="seed of the poisson arrivals")
+    load.add_argument(
+        "--function",
+        type=_load_function,
+        default=load_generator.parse_function("noop"),
+        metavar="noop|sleep:MS|payload:BYTES|MODULE:FUNCTION",
+        help="what each call runs; MODULE:FUNCTION is imported here (the working directory "
+        "on the path) and called with no arguments (default: noop)",
+    )
+    load.add_argument(
+        "--max-in-flight",
+        type=_positive_int,
+        default=load_generator.DEFAULT_MAX_IN_FLIGHT,
+        help="a call due while this many are out is dropped, not sent (default: %(default)s)",
+    )
+    load.add_argument(
+        "--timeout", type=_positive, help="each call's deadline, seconds (default: none)"
+    )
+    load.add_argument(
+        "--drain",
+        type=_not_negative,
+        default=load_generator.DEFAULT_DRAIN_S,
+        help="seconds calls still out after the last start get to finish; then they are "
+        "cancelled and counted as unfinished (default: %(default)s)",
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -207,6 +255,35 @@ def _function_name(text: str) -> str:
     if not sep or not module or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION, e.g. mypkg.sims:run")
     return text
+
+
+def _load_function(text: str) -> load_generator.LoadFunction:
+    try:
+        return load_generator.parse_function(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v < float("inf"), "a number above 0")
+
+
+def _not_negative(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number, 0 or more")
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "a whole number above 0")
+
+
+def _number(text: str, kind: Callable[[str], T], fits: Callable[[T], bool], what: str) -> T:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not fits(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
 
 
 def _kwargs(parser: argparse.ArgumentParser, text: str) -> dict[str, Any]:
@@ -287,6 +364,29 @@ def _batch(client: Client, args: argparse.Namespace) -> int:
     states = ", ".join(f"{count} {state}" for state, count in sorted(batch.states.items()))
     print(f"batch {batch.batch_id}: {batch.percent_done:.1f}% done of {batch.total} ({states})")
     return EXIT_OK
+
+
+def _load(client: Client, args: argparse.Namespace) -> int:
+    plan = load_generator.Plan(
+        rps=args.rps,
+        duration=args.duration,
+        warmup=args.warmup,
+        arrival=args.arrival,
+        seed=args.seed,
+        max_in_flight=args.max_in_flight,
+        drain=args.drain,
+    )
+    function: load_generator.LoadFunction = args.function
+    # The address as given (None: $POOL_SERVER's), as any compute_this function has it.
+    call = load_generator.remote_call(
+        function, args.server, token=_token(args.token_file), timeout=args.timeout
+    )
+    report = load_generator.run(call, plan, function.name)
+    if args.json:
+        _print_json(dataclasses.asdict(report))
+    else:
+        print(load_generator.format_report(report), flush=True)
+    return EXIT_OK if report.kept_up else EXIT_SLOW
 
 
 def _show(status: JobStatus, as_json: bool) -> None:
