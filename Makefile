@@ -44,4 +44,4 @@ bench: install
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Ipool_proto=proto --python_out=. \
-	  --grpc_python_out=. --pyi_out=. proto/pool.proto
+	  --grpc_python_out=. --pyi_out=. proto/pool.proto proto/orca.proto

@@ -37,8 +37,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from tqdm import tqdm
 
-from distribute_client import _codec, _transport
-from distribute_client._jobs import LOOKUP_TIMEOUT_S, Job
+from distribute_client import _balancer, _codec, _transport
+from distribute_client._client import Client
+from distribute_client._jobs import Job
 from distribute_client._submit import Submittable, submit
 from distribute_client._sync import run_sync
 from distribute_client.errors import QueueFullError
@@ -87,6 +88,7 @@ QUEUE_FULL_BACKOFF_MAX_S = 2.0
 DEFAULT_MAX_IN_FLIGHT = 8192
 
 Args = tuple[tuple[Any, ...], dict[str, Any]]
+Answer = tuple[_transport.Reply, _transport.Address]
 Outcomes = AsyncGenerator[tuple[list[CallOutcome] | list[_codec.Returned], str], None]
 
 
@@ -164,17 +166,21 @@ async def run_chunks(
     """Each chunk's outcomes (undecoded) and where it ran, in input order, each
     chunk sent as a plain call: at most ``max_pending`` chunks unfinished and
     ``max_in_flight`` calls not yet yielded. Leaving (an error, ``aclose``)
-    cancels the chunks' RPCs, which stops their jobs on the server."""
-    address = remote.address
+    cancels the chunks' RPCs, which stops their jobs on the server. With
+    several servers each chunk goes where a call would (``_balancer.run``),
+    and one whose server goes away is sent to another while the function's
+    ``retries`` allow."""
+    servers = remote.servers
     name = remote.function.__qualname__
-    sent: collections.deque[tuple[int, asyncio.Task[_transport.Reply]]] = collections.deque()
-    running: set[asyncio.Task[_transport.Reply]] = set()  # sent and not finished
+    sent: collections.deque[tuple[int, asyncio.Task[Answer]]] = collections.deque()
+    running: set[asyncio.Task[Answer]] = set()  # sent and not finished
     exhausted = False
     in_flight = 0  # calls sent and not yet yielded
     try:
         while True:
             if not exhausted and len(running) < max_pending and in_flight < max_in_flight:
-                await _transport.give_way(address)  # the chunks pickled so far leave first
+                if servers.single is not None:  # the chunks pickled so far leave first
+                    await _transport.give_way(servers.single)
                 taken = list(itertools.islice(calls, min(chunk_size, max_in_flight - in_flight)))
                 exhausted = not taken
                 for count, chunk in encode_chunks(remote, taken, True) if taken else ():
@@ -184,7 +190,9 @@ async def run_chunks(
                         function_hash=chunk.function_hash,
                     )
                     deadline = _chunk_deadline(remote.timeout, count)
-                    sending = _transport.run(address, request, deadline, chunk.function)
+                    sending = _balancer.run(
+                        servers, request, deadline, chunk.function, remote.retries
+                    )
                     task = asyncio.create_task(sending)
                     running.add(task)
                     task.add_done_callback(running.discard)
@@ -199,7 +207,7 @@ async def run_chunks(
                 # even while the head (the next to yield) still runs.
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            reply = head.result()  # a chunk's own failure (a crash, its deadline) raises here
+            reply, address = head.result()  # a chunk's failure (a crash, its deadline) raises
             sent.popleft()  # only now: until then, closing must cancel it too
             in_flight -= count
             where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
@@ -363,23 +371,27 @@ class AsyncMap(Generic[R]):
         return bool(self._ready)
 
     async def _start(self) -> Outcomes:
-        request = pool_pb2.GetWorkersRequest()  # the function's own address and credentials
-        pool = await _transport.get_workers(self._remote.address, request, LOOKUP_TIMEOUT_S)
+        pool = await Client(self._remote.servers).async_status()
         workers = max(1, len(pool.workers))
+        servers = max(1, len({worker.server for worker in pool.workers}))
+        max_in_flight = self._max_in_flight * servers  # each server its own bound
         chunk_size = self._chunk_size or calls_per_job(self._total, workers)
         if self._remote.retry_on:
             chunk_size = 1  # a retried call must not re-run the calls beside it
         chunk_size = min(chunk_size, self._max_in_flight)
         if self.batch_id is None:
             pending = workers * PENDING_CHUNKS_PER_WORKER
-            return run_chunks(self._remote, self._calls, self._max_in_flight, chunk_size, pending)
+            return run_chunks(self._remote, self._calls, max_in_flight, chunk_size, pending)
+        per_submit = min(JOBS_PER_SUBMIT, pool.queue_capacity // servers)
+        if servers > 1:  # several Submits, so that each server gets its share
+            per_submit = min(per_submit, workers * JOBS_PER_WORKER // servers)
         return map_chunks(
             self._remote,
             self._calls,
             self.batch_id,
-            self._max_in_flight,
+            max_in_flight,
             chunk_size,
-            max(1, min(JOBS_PER_SUBMIT, pool.queue_capacity)),
+            max(1, per_submit),
         )
 
     async def aclose(self) -> None:

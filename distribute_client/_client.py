@@ -1,19 +1,35 @@
-"""``Client``: questions about a pool-server and its jobs, rather than calls."""
+"""``Client``: questions about pool-servers and their jobs, rather than calls.
+
+With several servers each question goes to all of them at once and the
+answers are merged; every entry says which server it is from (``server``).
+A server that does not answer is left out of the merged answer (and named in
+``PoolStatus.unreachable``); when none answers, the error is raised.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from distribute_client import _codec, _transport
-from distribute_client._credentials import Credentials
-from distribute_client._jobs import LOOKUP_TIMEOUT_S, BatchStatus, Job, JobStatus, batch_status
+from distribute_client import _balancer, _codec, _transport
+from distribute_client._jobs import (
+    LOOKUP_TIMEOUT_S,
+    SERVER_SEPARATOR,
+    BatchStatus,
+    Job,
+    JobStatus,
+    batch_status,
+)
+from distribute_client._servers import Servers, ServerSpec, TokenSpec
 from distribute_client._submit import submit_payloads
 from distribute_client._sync import run_sync
+from distribute_client.errors import JobNotFoundError, PoolError
 from pool_proto import pool_pb2
-from pool_wire.names import JobState, WorkerState
+from pool_wire.names import FINISHED_STATES, JobState, WorkerState
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -25,60 +41,108 @@ class WorkerInfo:
     state: WorkerState  # a str: "starting", "idle", "busy", "stopping" or "dead"
     jobs_done: int
     restarts: int
+    server: str  # the server it belongs to
 
 
 @dataclass(frozen=True)
 class PoolStatus:
+    """Every worker slot, and the queues' length and capacity, summed over
+    the servers that answered; ``unreachable`` names those that did not."""
+
     workers: tuple[WorkerInfo, ...]
     queue_length: int
     queue_capacity: int
+    unreachable: tuple[str, ...] = ()
 
 
 class Client:
-    """A handle on one pool-server (``host:port``, ``grpc://`` or ``grpcs://``;
-    default ``$POOL_SERVER``, else ``127.0.0.1:50051``).
+    """A handle on pool-servers: one (``host:port``, ``grpc://`` or
+    ``grpcs://``), several (a comma list or a list), every address of
+    ``dns:///name:port``, or ``local`` (this process's pool); default
+    ``$POOL_SERVER``, else ``127.0.0.1:50051``. ``policy`` and ``weights``
+    choose the server for a submit, as for :func:`compute_this`.
 
-    ``token`` defaults to ``$POOL_TOKEN``, the first line of
-    ``$POOL_TOKEN_FILE``, else the token of a server of this user with the
-    default state dir. For ``grpcs://``, ``tls_ca`` is the CA to trust
-    (default ``$POOL_TLS_CA``, else the system's roots), and ``tls_cert`` and
-    ``tls_key`` a client certificate for servers that ask for one (default
-    ``$POOL_TLS_CERT`` and ``$POOL_TLS_KEY``).
+    ``token`` (one for all servers, or a dict by server as listed) defaults
+    to ``$POOL_TOKEN``, the first line of ``$POOL_TOKEN_FILE``, else the
+    token of a server of this user with the default state dir. For
+    ``grpcs://``, ``tls_ca`` is the CA to trust (default ``$POOL_TLS_CA``,
+    else the system's roots), and ``tls_cert`` and ``tls_key`` a client
+    certificate for servers that ask for one (default ``$POOL_TLS_CERT``
+    and ``$POOL_TLS_KEY``).
     """
 
     def __init__(
         self,
-        server: str | None = None,
+        server: ServerSpec | Servers = None,
         *,
-        token: str | None = None,
+        token: TokenSpec = None,
         tls_ca: str | os.PathLike[str] | None = None,
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
+        policy: str | None = None,
+        weights: Mapping[str, float] | None = None,
     ) -> None:
-        credentials = Credentials.resolve(token, tls_ca, tls_cert, tls_key)
-        self.address = _transport.Address.parse(server, credentials)
+        if isinstance(server, Servers):
+            self.servers = server
+        else:
+            self.servers = Servers.parse(
+                server,
+                token=token,
+                tls_ca=tls_ca,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                policy=policy,
+                weights=weights,
+            )
 
     def __repr__(self) -> str:
-        return f"Client({str(self.address)!r})"
+        return f"Client({str(self.servers)!r})"
+
+    async def _ask_each(
+        self, ask: Callable[[_transport.Address], Awaitable[T]]
+    ) -> tuple[list[tuple[_transport.Address, T]], list[tuple[_transport.Address, PoolError]]]:
+        """``ask`` every server: the answers, and the errors of those that
+        failed; raises the first error when none answered."""
+        answered: list[tuple[_transport.Address, T]] = []
+        failed: list[tuple[_transport.Address, PoolError]] = []
+        for address, answer in await _balancer.on_each(self.servers, ask):
+            if isinstance(answer, PoolError):
+                failed.append((address, answer))
+            else:
+                answered.append((address, answer))
+        if not answered:
+            raise failed[0][1]
+        return answered, failed
 
     async def async_status(self) -> PoolStatus:
         request = pool_pb2.GetWorkersRequest()
-        reply = await _transport.get_workers(self.address, request, LOOKUP_TIMEOUT_S)
+        answered, failed = await self._ask_each(
+            lambda address: _transport.get_workers(address, request, LOOKUP_TIMEOUT_S)
+        )
         return PoolStatus(
             workers=tuple(
-                WorkerInfo(w.id, w.pid, WorkerState.from_proto(w.state), w.jobs_done, w.restarts)
+                WorkerInfo(
+                    w.id,
+                    w.pid,
+                    WorkerState.from_proto(w.state),
+                    w.jobs_done,
+                    w.restarts,
+                    str(address),
+                )
+                for address, reply in answered
                 for w in reply.workers
             ),
-            queue_length=reply.queue_length,
-            queue_capacity=reply.queue_capacity,
+            queue_length=sum(reply.queue_length for _, reply in answered),
+            queue_capacity=sum(reply.queue_capacity for _, reply in answered),
+            unreachable=tuple(str(address) for address, _ in failed),
         )
 
     def status(self) -> PoolStatus:
-        """Every worker slot plus the queue's length and capacity."""
+        """Every worker slot plus the queue's length and capacity (summed over servers)."""
         return run_sync(self.async_status())
 
     def workers(self) -> list[WorkerInfo]:
-        """Every worker slot: id, pid, state, jobs done and restarts."""
+        """Every worker slot: id, pid, state, jobs done, restarts and server."""
         return list(self.status().workers)
 
     async def async_submit_json(
@@ -93,7 +157,7 @@ class Client:
     ) -> Job[Any]:
         payload = _codec.encode_json_call(function, args, kwargs or {})
         (job,) = await submit_payloads(
-            self.address,
+            self.servers,
             [payload],
             name=name or function,
             retries=retries,
@@ -128,8 +192,28 @@ class Client:
         return run_sync(call)
 
     def job(self, job_id: str) -> Job[Any]:
-        """Re-attach to a submitted job by its id (from any process)."""
-        return Job(self.address, job_id)
+        """Re-attach to a submitted job by its id (from any process). With
+        several servers the id names its server (``server/id``), which need
+        not be one of this client's: it is reached with this client's
+        credentials."""
+        single = self.servers.single
+        if single is not None:
+            return Job(single, job_id)
+        server, sep, server_job_id = job_id.rpartition(SERVER_SEPARATOR)
+        if not sep or not server:
+            raise JobNotFoundError(
+                f"job id {job_id!r} does not say which of the servers {self.servers} holds it "
+                f"(a client of several servers gives ids as server{SERVER_SEPARATOR}id)"
+            )
+        return Job(self._address_of(server), server_job_id, server_in_id=True)
+
+    def _address_of(self, server: str) -> _transport.Address:
+        for address in self.servers.addresses:
+            if str(address) == server:
+                return address
+        dns = self.servers.dns
+        credentials = dns.credentials if dns else self.servers.addresses[0].credentials
+        return _transport.Address.parse(server, credentials, keepalive=True)
 
     async def async_jobs(
         self, state: str | None = None, batch_id: str | None = None, limit: int = 100
@@ -139,21 +223,58 @@ class Client:
             batch_id=batch_id or "",
             limit=limit,
         )
-        reply = await _transport.list_jobs(self.address, request, LOOKUP_TIMEOUT_S)
-        return [JobStatus.from_proto(status) for status in reply.jobs]
+        answered, _ = await self._ask_each(
+            lambda address: _transport.list_jobs(address, request, LOOKUP_TIMEOUT_S)
+        )
+        named = self.servers.single is None
+        statuses = [
+            JobStatus.from_proto(
+                status, address, f"{address}{SERVER_SEPARATOR}{status.id}" if named else None
+            )
+            for address, reply in answered
+            for status in reply.jobs
+        ]
+        statuses.sort(key=lambda status: status.created_at, reverse=True)
+        return statuses[:limit]
 
     def jobs(
         self, state: str | None = None, batch_id: str | None = None, limit: int = 100
     ) -> list[JobStatus]:
-        """Submitted jobs, newest first, optionally only those in ``state`` or a batch."""
+        """Submitted jobs, newest first, optionally only those in ``state`` or
+        a batch: at most ``limit``, of all servers together."""
         return run_sync(self.async_jobs(state, batch_id, limit))
 
     async def async_batch(self, batch_id: str) -> BatchStatus:
         request = pool_pb2.BatchRef(batch_id=batch_id)
-        return batch_status(await _transport.get_batch(self.address, request, LOOKUP_TIMEOUT_S))
+        single = self.servers.single
+        if single is not None:
+            return batch_status(await _transport.get_batch(single, request, LOOKUP_TIMEOUT_S))
+        answered, failed = await self._ask_each(lambda a: self._batch_on(a, request))
+        parts = [reply for _, reply in answered if reply is not None]
+        if not parts:
+            if failed:
+                raise failed[0][1]
+            raise JobNotFoundError(f"no batch {batch_id!r} on any of {self.servers}")
+        states: dict[str, int] = {}
+        for part in parts:
+            for state, count in part.states.items():
+                states[state] = states.get(state, 0) + count
+        total = sum(part.total for part in parts)
+        done = sum(count for state, count in states.items() if state in FINISHED_STATES)
+        return BatchStatus(batch_id, total, states, 100.0 * done / total if total else 0.0)
+
+    async def _batch_on(
+        self, address: _transport.Address, request: pool_pb2.BatchRef
+    ) -> BatchStatus | None:
+        """One server's part of a batch; None if it holds none of it."""
+        try:
+            return batch_status(await _transport.get_batch(address, request, LOOKUP_TIMEOUT_S))
+        except JobNotFoundError:
+            return None
 
     def batch(self, batch_id: str) -> BatchStatus:
-        """A batch's jobs per state and its completion percentage (done / total)."""
+        """A batch's jobs per state and its completion percentage (done /
+        total), over every server that holds some of it."""
         return run_sync(self.async_batch(batch_id))
 
 

@@ -19,6 +19,10 @@ R = TypeVar("R")
 # Job lookups are cheap; a server that takes longer than this is unwell.
 LOOKUP_TIMEOUT_S = 10.0
 
+# Between the server and the server's own id, in the id of a job of a client
+# with several servers.
+SERVER_SEPARATOR = "/"
+
 
 @dataclass(frozen=True)
 class JobStatus:
@@ -37,15 +41,19 @@ class JobStatus:
     error: str  # why it finished without a result (crash, time limit, cancel)
     batch_id: str
     name: str
+    server: str  # the server that holds it
 
     @property
     def finished(self) -> bool:
         return self.state.finished
 
     @classmethod
-    def from_proto(cls, status: pool_pb2.JobStatus) -> JobStatus:
+    def from_proto(
+        cls, status: pool_pb2.JobStatus, server: _transport.Address, job_id: str | None = None
+    ) -> JobStatus:
+        """``job_id``: the id as the client shows it (default: the server's)."""
         return cls(
-            id=status.id,
+            id=status.id if job_id is None else job_id,
             state=JobState.from_proto(status.state),
             progress=status.progress if status.HasField("progress") else None,
             message=status.message,
@@ -58,6 +66,7 @@ class JobStatus:
             error=status.error,
             batch_id=status.batch_id,
             name=status.name,
+            server=str(server),
         )
 
 
@@ -73,21 +82,32 @@ class BatchStatus:
 
 class Job(Generic[R]):
     """A submitted job. ``result()`` blocks until it finishes; the ``async_``
-    twins do the same from asyncio code."""
+    twins do the same from asyncio code.
 
-    def __init__(self, address: _transport.Address, job_id: str, name: str = "") -> None:
+    ``id`` is the server's id for it, or, for a client of several servers,
+    ``server/id`` (say ``10.0.0.7:50051/j1b2...``), so that any client with
+    the same servers finds it: see ``Client.job``.
+    """
+
+    def __init__(
+        self,
+        address: _transport.Address,
+        job_id: str,
+        name: str = "",
+        *,
+        server_in_id: bool = False,
+    ) -> None:
         self.address = address
-        self.id = job_id
-        self.name = name or job_id
+        self.server_job_id = job_id
+        self.id = f"{address}{SERVER_SEPARATOR}{job_id}" if server_in_id else job_id
+        self.name = name or self.id
 
     def __repr__(self) -> str:
         return f"<Job {self.id} ({self.name}) on {self.address}>"
 
     async def async_status(self) -> JobStatus:
-        reply = await _transport.get_job(
-            self.address, pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
-        )
-        return JobStatus.from_proto(reply)
+        reply = await _transport.get_job(self.address, self._ref(), LOOKUP_TIMEOUT_S)
+        return self._status(reply)
 
     def status(self) -> JobStatus:
         """State, progress and message, attempts, worker, and times."""
@@ -115,9 +135,8 @@ class Job(Generic[R]):
         Raises the job's error when it finished without an outcome (crash,
         time limit, cancel), and CallTimeoutError if ``timeout`` passes first.
         """
-        request = pool_pb2.JobRef(job_id=self.id)
-        reply = await _transport.get_result(self.address, request, timeout)
-        status = JobStatus.from_proto(reply.status)
+        reply = await _transport.get_result(self.address, self._ref(), timeout)
+        status = self._status(reply.status)
         if not status.finished:
             raise CallTimeoutError(
                 f"job {self.id} is still {status.state} after {timeout:.3g} s"
@@ -141,10 +160,8 @@ class Job(Generic[R]):
         return run_sync(self.async_result(timeout, unpickle=unpickle))
 
     async def async_cancel(self) -> JobStatus:
-        reply = await _transport.cancel_job(
-            self.address, pool_pb2.JobRef(job_id=self.id), LOOKUP_TIMEOUT_S
-        )
-        return JobStatus.from_proto(reply)
+        reply = await _transport.cancel_job(self.address, self._ref(), LOOKUP_TIMEOUT_S)
+        return self._status(reply)
 
     def cancel(self) -> JobStatus:
         """Cancel the job: dropped if queued, its worker stopped if running."""
@@ -152,8 +169,14 @@ class Job(Generic[R]):
 
     async def watch(self) -> AsyncIterator[JobStatus]:
         """Its status now and after every change, until it finishes."""
-        async for status in _transport.watch_job(self.address, pool_pb2.JobRef(job_id=self.id)):
-            yield JobStatus.from_proto(status)
+        async for status in _transport.watch_job(self.address, self._ref()):
+            yield self._status(status)
+
+    def _ref(self) -> pool_pb2.JobRef:
+        return pool_pb2.JobRef(job_id=self.server_job_id)
+
+    def _status(self, status: pool_pb2.JobStatus) -> JobStatus:
+        return JobStatus.from_proto(status, self.address, self.id)
 
 
 def batch_status(reply: pool_pb2.BatchStatus) -> BatchStatus:

@@ -6,13 +6,13 @@ import functools
 import inspect
 import os
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from distribute_client import _batch, _codec, _submit, _transport
+from distribute_client import _balancer, _batch, _codec, _submit, _transport
 from distribute_client._client import Client
-from distribute_client._credentials import Credentials
 from distribute_client._jobs import Job
+from distribute_client._servers import Servers, ServerSpec, TokenSpec
 from distribute_client._sync import run_sync
 from pool_proto import pool_pb2
 
@@ -30,13 +30,13 @@ class RemoteFunction(Generic[P, R]):
     def __init__(
         self,
         function: Callable[P, R],
-        server: str | None,
+        server: ServerSpec,
         depmodules: Iterable[types.ModuleType | str],
         timeout: float | None,
         retries: int = 0,
         retry_on: Iterable[type[BaseException]] = (),
         durable: bool = False,
-        credentials: Credentials | None = None,
+        connect: Mapping[str, Any] | None = None,
     ) -> None:
         functools.update_wrapper(self, function)
         if retries < 0:
@@ -44,9 +44,9 @@ class RemoteFunction(Generic[P, R]):
         self.function = function
         # An explicit address is checked now; the default is looked up per
         # call, so $POOL_SERVER (or $POOL_TOKEN) may be set after the function
-        # is defined.
-        self._credentials = credentials
-        self._address = _transport.Address.parse(server, credentials) if server else None
+        # is defined. ``connect``: Servers.parse's token, TLS and policy options.
+        self._connect = dict(connect or {})
+        self._servers = Servers.parse(server, **self._connect) if server else None
         self.depmodules = tuple(m if isinstance(m, str) else m.__name__ for m in depmodules)
         self.timeout = timeout
         self.retries = retries
@@ -56,11 +56,11 @@ class RemoteFunction(Generic[P, R]):
         self._by_value = _codec.module_by_value(function)
 
     @property
-    def address(self) -> _transport.Address:
-        return self._address or _transport.Address.parse(None, self._credentials)
+    def servers(self) -> Servers:
+        return self._servers or Servers.parse(None, **self._connect)
 
     def __repr__(self) -> str:
-        return f"<RemoteFunction {self.function.__qualname__} on {self.address}>"
+        return f"<RemoteFunction {self.function.__qualname__} on {self.servers}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
         if self._signature is not None:
@@ -140,8 +140,8 @@ class RemoteFunction(Generic[P, R]):
         )
 
     def get_workers(self) -> int:
-        """How many workers the server has (as in the original API)."""
-        return len(Client(str(self.address)).workers())
+        """How many workers the servers have (as in the original API)."""
+        return len(Client(self.servers).workers())
 
 
 def _signature_of(function: Callable[..., Any]) -> inspect.Signature | None:
@@ -189,13 +189,16 @@ class Call(Generic[R]):
         if remote.durable:
             job = await self.async_submit()
             return await job.async_result()
-        address = remote.address
-        await _transport.give_way(address)
+        servers = remote.servers
+        if servers.single is not None:
+            await _transport.give_way(servers.single)
         call = self._encode(function_apart=True)
         request = pool_pb2.RunRequest(
             payload=call.payload, retries=remote.retries, function_hash=call.function_hash
         )
-        reply = await _transport.run(address, request, remote.timeout, call.function)
+        reply, address = await _balancer.run(
+            servers, request, remote.timeout, call.function, remote.retries
+        )
         where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
         value: R = _codec.decode_outcome(reply.outcome, remote.function.__qualname__, where)
         return value
@@ -225,44 +228,56 @@ def compute_this(server: Callable[P, R], /) -> RemoteFunction[P, R]: ...
 
 @overload
 def compute_this(
-    server: str | None = None,
+    server: ServerSpec = None,
     *,
     depmodules: Iterable[types.ModuleType | str] = (),
     timeout: float | None = None,
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
     durable: bool = False,
-    token: str | None = None,
+    token: TokenSpec = None,
     tls_ca: str | os.PathLike[str] | None = None,
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
+    policy: str | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
 
 
 def compute_this(
-    server: str | Callable[P, R] | None = None,
+    server: ServerSpec | Callable[P, R] = None,
     *,
     depmodules: Iterable[types.ModuleType | str] = (),
     timeout: float | None = None,
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
     durable: bool = False,
-    token: str | None = None,
+    token: TokenSpec = None,
     tls_ca: str | os.PathLike[str] | None = None,
     tls_cert: str | os.PathLike[str] | None = None,
     tls_key: str | os.PathLike[str] | None = None,
+    policy: str | None = None,
+    weights: Mapping[str, float] | None = None,
 ) -> RemoteFunction[P, R] | Callable[[Callable[P, R]], RemoteFunction[P, R]]:
     """Make a function run on a pool-server: ``@compute_this()`` or ``@compute_this``.
 
     ``server`` is ``host:port``, ``grpc://host:port`` or ``grpcs://host:port``
-    (TLS); it defaults to ``$POOL_SERVER``, else ``127.0.0.1:50051``.
+    (TLS); several servers as a comma list or a list of those, or
+    ``dns:///name:port`` for every address ``name`` resolves to; ``local``
+    (``local:N``) runs calls in this process's own pool of N workers, with no
+    server. It defaults to ``$POOL_SERVER``, else ``127.0.0.1:50051``.
+    With several servers, ``policy`` spreads the calls: ``least_loaded``
+    (default), ``round_robin``, or ``weighted`` with
+    ``weights={"h1:50051": 1, "h2:50051": 2}``.
     ``depmodules`` are modules (objects or names) the worker imports first.
     ``timeout`` is each call's deadline in seconds, queueing included; for
     submitted jobs it limits each attempt's running time. ``retries`` more
-    attempts are made when the worker dies (crash, OOM kill), or when the
-    function raises one of ``retry_on``. ``durable=True`` runs ``compute()``
-    as a submitted (journaled) job. ``token`` and the ``tls_*`` files are
-    as for :class:`Client`; by default they come from the environment.
+    attempts are made when the worker dies (crash, OOM kill), when the
+    function raises one of ``retry_on``, or (with several servers) on another
+    server when the one running the call goes away: a retried call may have
+    run twice. ``durable=True`` runs ``compute()`` as a submitted (journaled)
+    job. ``token`` and the ``tls_*`` files are as for :class:`Client`; by
+    default they come from the environment.
 
     >>> @compute_this()
     ... def square(x):
@@ -270,17 +285,21 @@ def compute_this(
     >>> square(3)                                   # doctest: +ELLIPSIS
     <Call square args=(3,) kwargs={}>
     """
+    connect: dict[str, Any] = {
+        "token": token,
+        "tls_ca": tls_ca,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "policy": policy,
+        "weights": weights,
+    }
     options: dict[str, Any] = {
         "depmodules": depmodules,
         "timeout": timeout,
         "retries": retries,
         "retry_on": retry_on,
         "durable": durable,
-        "credentials": (
-            Credentials.resolve(token, tls_ca, tls_cert, tls_key)
-            if token or tls_ca or tls_cert or tls_key
-            else None
-        ),
+        "connect": connect,
     }
     if callable(server):
         return RemoteFunction(server, None, **options)

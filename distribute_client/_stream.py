@@ -70,6 +70,8 @@ class CallStream:
         self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._ids = itertools.count(1)
         self.broken: PoolError | None = None
+        self.load: pool_pb2.Load | None = None  # the server's, as of its last answers
+        self.load_at = 0.0  # when it came (the loop's time)
         self._reader = asyncio.create_task(self._read(open_stream), name="pool-call-stream")
 
     def __repr__(self) -> str:
@@ -173,6 +175,9 @@ class CallStream:
         call = open_stream(self._messages())
         try:
             async for batch in call:
+                if batch.HasField("load"):
+                    self.load = batch.load
+                    self.load_at = asyncio.get_running_loop().time()
                 for event in batch.events:
                     answer = self._pending.pop(event.call_id, None)
                     if answer is not None and not answer.done():

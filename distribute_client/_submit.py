@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from distribute_client import _transport
+from distribute_client import _balancer, _transport
 from distribute_client._jobs import Job
+from distribute_client._servers import Servers
 from pool_proto import pool_pb2
 
 
@@ -21,7 +22,7 @@ class Submittable(Protocol):
     module need not import ``_remote``, which imports it)."""
 
     @property
-    def address(self) -> _transport.Address: ...
+    def servers(self) -> Servers: ...
 
     @property
     def function(self) -> Callable[..., Any]: ...
@@ -42,7 +43,7 @@ async def submit(
     A job's time limit is ``remote.timeout`` per call it carries.
     """
     return await submit_payloads(
-        remote.address,
+        remote.servers,
         payloads,
         name=remote.function.__qualname__,
         retries=remote.retries,
@@ -53,7 +54,7 @@ async def submit(
 
 
 async def submit_payloads(
-    address: _transport.Address,
+    servers: Servers,
     payloads: list[bytes],
     *,
     name: str,
@@ -62,7 +63,8 @@ async def submit_payloads(
     batch_id: str = "",
     item_counts: Sequence[int] = (),
 ) -> list[Job[Any]]:
-    """One job per payload (pickled or JSON), in one Submit RPC.
+    """One job per payload (pickled or JSON), in one Submit RPC to one of
+    ``servers`` (chosen as a call's server would be).
 
     ``time_limit_s`` limits each attempt's running time (0 for none);
     ``item_counts`` is the number of calls each payload carries (empty: one each).
@@ -75,5 +77,8 @@ async def submit_payloads(
         name=name,
         item_counts=item_counts,
     )
-    reply = await _transport.submit(address, request, _transport.SUBMIT_TIMEOUT_S)
-    return [Job(address, job_id, name) for job_id in reply.job_ids]
+    reply, address = await _balancer.on_one(
+        servers, lambda address: _transport.submit(address, request, _transport.SUBMIT_TIMEOUT_S)
+    )
+    named = servers.single is None  # the id must say which server holds the job
+    return [Job(address, job_id, name, server_in_id=named) for job_id in reply.job_ids]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -41,7 +40,25 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 SUBMIT_TIMEOUT_S = 60.0
 SERVER_ENV = "POOL_SERVER"
 
+# ``local`` (or ``local:N``) names this process's own pool instead of a server.
+LOCAL = "local"
+MAX_LOCAL_WORKERS = 1024
+
 _CHANNEL_OPTIONS = GRPC_MESSAGE_OPTIONS
+
+# For one of several servers: a cut link (no reset, no answer) is noticed
+# within about a second, failing the calls on it so that they can go
+# elsewhere, and a server that comes back is reconnected within two.
+# pool-server allows pings this often (pool_server.app.GRPC_OPTIONS).
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 500),
+    ("grpc.keepalive_timeout_ms", 500),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
 
 _MAX_PORT = 65535
 
@@ -51,27 +68,57 @@ ReplyT = TypeVar("ReplyT", covariant=True)
 
 @dataclass(frozen=True)
 class Address:
-    """Where a pool-server listens (``host:port``, ``grpc://...`` or
-    ``grpcs://...``), and the credentials this client shows it."""
+    """Where one pool-server listens (``host:port``, ``grpc://...`` or
+    ``grpcs://...``), and the credentials this client shows it; or ``local``
+    (``local:N``), this process's own pool of N workers (see ``_local``).
+
+    ``keepalive``: the channel pings the server every half second, so that a
+    cut link is noticed within a second (for one of several servers).
+    ``tls_name``: the name to check the server's certificate against, when
+    the target is one of the addresses of that name (``dns:///``).
+    """
 
     target: str
     tls: bool
     credentials: Credentials = field(default_factory=Credentials)
+    keepalive: bool = False
+    tls_name: str = ""
 
     @classmethod
-    def parse(cls, server: str | None, credentials: Credentials | None = None) -> Address:
-        """``server``, else ``$POOL_SERVER``, else the default; ``ValueError``
-        naming the text (and where it came from) if it is not an address.
-        Without ``credentials``, those of the environment."""
-        from_env = not server and bool(os.environ.get(SERVER_ENV))
-        text = server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+    def parse(
+        cls,
+        server: str,
+        credentials: Credentials | None = None,
+        *,
+        keepalive: bool = False,
+        where: str = "",
+    ) -> Address:
+        """``server`` as an Address; ``ValueError`` naming the text, and
+        ``where`` it came from, if it is not one. Without ``credentials``,
+        those of the environment."""
+        text = server.strip()
+        where = where or f"server address {text!r}"
+        if text == LOCAL or text.startswith(LOCAL + ":"):
+            workers = text.removeprefix(LOCAL).removeprefix(":")
+            if workers and not (workers.isdigit() and 1 <= int(workers) <= MAX_LOCAL_WORKERS):
+                raise ValueError(f"{where} is not local:N with N from 1 to {MAX_LOCAL_WORKERS}")
+            return cls(text, tls=False)
         tls = text.startswith("grpcs://")
         target = text.removeprefix("grpcs://").removeprefix("grpc://")
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > _MAX_PORT:
-            where = f"${SERVER_ENV} is {text!r}, which" if from_env else f"server address {text!r}"
             raise ValueError(f"{where} is not host:port, grpc://host:port or grpcs://host:port")
-        return cls(target, tls, credentials or Credentials.resolve())
+        return cls(target, tls, credentials or Credentials.resolve(), keepalive)
+
+    @property
+    def local(self) -> bool:
+        return self.target == LOCAL or self.target.startswith(LOCAL + ":")
+
+    @property
+    def local_workers(self) -> int | None:
+        """For ``local:N``, N; None for ``local`` (one per CPU)."""
+        workers = self.target.removeprefix(LOCAL).removeprefix(":")
+        return int(workers) if workers else None
 
     def __str__(self) -> str:
         return f"grpcs://{self.target}" if self.tls else self.target
@@ -137,6 +184,34 @@ def stub_for(address: Address) -> _Stub:
     return _connection(address).stub
 
 
+def connectivity(address: Address) -> grpc.ChannelConnectivity:
+    """The state of this loop's channel to ``address``; an idle one starts connecting."""
+    return _connection(address).channel.get_state(try_to_connect=True)
+
+
+async def connected(address: Address, timeout_s: float) -> bool:
+    """Whether the channel to ``address`` is (or within ``timeout_s`` becomes) ready."""
+    channel = _connection(address).channel
+    if channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+        return True
+    try:
+        async with asyncio.timeout(timeout_s):
+            await channel.channel_ready()
+    except TimeoutError:
+        return False
+    return True
+
+
+def reported_load(address: Address, max_age_s: float) -> pool_pb2.Load | None:
+    """The load ``address`` reported with its answers on this loop's stream,
+    if they came within the last ``max_age_s``."""
+    loop = asyncio.get_running_loop()
+    stream = _streams.get(loop, {}).get(address)
+    if stream is None or loop.time() - stream.load_at > max_age_s:
+        return None
+    return stream.load
+
+
 def _connection(address: Address) -> _Connection:
     loop = asyncio.get_running_loop()
     connections = _connections.get(loop)
@@ -148,16 +223,21 @@ def _connection(address: Address) -> _Connection:
     if connection is None:
         credentials = address.credentials
         interceptors = token_interceptors(credentials) if credentials.token else None
+        options: list[tuple[str, str | int]] = [*_CHANNEL_OPTIONS]
+        if address.keepalive:
+            options += KEEPALIVE_OPTIONS
+        if address.tls_name:
+            options.append(("grpc.ssl_target_name_override", address.tls_name))
         if address.tls:
             channel = grpc.aio.secure_channel(
                 address.target,
                 credentials.channel_credentials(),
-                options=_CHANNEL_OPTIONS,
+                options=options,
                 interceptors=interceptors,
             )
         else:
             channel = grpc.aio.insecure_channel(
-                address.target, options=_CHANNEL_OPTIONS, interceptors=interceptors
+                address.target, options=options, interceptors=interceptors
             )
         stub = pool_pb2_grpc.PoolStub(channel)
         connection = connections[address] = _Connection(channel, stub)

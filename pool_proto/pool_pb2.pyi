@@ -99,10 +99,22 @@ class CallMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[CallMessage, _Mapping]]] = ...) -> None: ...
 
 class CallEvents(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "load")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[CallEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ...) -> None: ...
+    load: Load
+    def __init__(self, events: _Optional[_Iterable[_Union[CallEvent, _Mapping]]] = ..., load: _Optional[_Union[Load, _Mapping]] = ...) -> None: ...
+
+class Load(_message.Message):
+    __slots__ = ("workers", "busy_workers", "queue_length")
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    busy_workers: int
+    queue_length: int
+    def __init__(self, workers: _Optional[int] = ..., busy_workers: _Optional[int] = ..., queue_length: _Optional[int] = ...) -> None: ...
 
 class CallMessage(_message.Message):
     __slots__ = ("call_id", "start", "cancel", "deadline_s")

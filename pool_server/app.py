@@ -54,6 +54,11 @@ GRPC_OPTIONS = (
     ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
     ("grpc.server.max_pending_requests", MAX_PENDING_RPCS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_RPCS),
+    # Clients of several servers ping every half second to notice a cut link
+    # within a second (distribute_client._servers.KEEPALIVE_OPTIONS).
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 250),
+    ("grpc.http2.max_ping_strikes", 0),
 )
 
 SERVICE_NAME = pool_pb2.DESCRIPTOR.services_by_name["Pool"].full_name

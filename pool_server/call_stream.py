@@ -32,9 +32,15 @@ Handler = Callable[[pool_pb2.CallMessage], Coroutine[Any, Any, pool_pb2.CallEven
 
 
 class CallStream:
-    def __init__(self, handle: Handler, wait_for_room: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        wait_for_room: Callable[[], Awaitable[None]],
+        load: Callable[[], pool_pb2.Load],
+    ) -> None:
         self._handle = handle
         self._wait_for_room = wait_for_room
+        self._load = load
         self._calls: dict[int, asyncio.Task[pool_pb2.CallEvent]] = {}
         self._answers: asyncio.Queue[pool_pb2.CallEvent | None] = asyncio.Queue()
         self._reading = True
@@ -52,7 +58,7 @@ class CallStream:
         try:
             ended = False
             while not ended and (event := await self._answers.get()) is not None:
-                batch = pool_pb2.CallEvents(events=[event])
+                batch = pool_pb2.CallEvents(events=[event], load=self._load())
                 size = event.ByteSize()
                 while size < MAX_BATCH_BYTES and not self._answers.empty():
                     more = self._answers.get_nowait()

@@ -24,6 +24,7 @@ from pool_server.call_stream import CallStream, failure
 from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
 from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
+from pool_server.load import LoadReporter
 from pool_server.supervisor import WorkerPool
 from pool_server.tracker import JobTracker
 from pool_wire.limits import (
@@ -56,6 +57,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self._tracker = tracker
         self._functions = FunctionStore()
         self._streams: set[CallStream] = set()
+        self._load = LoadReporter(pool)
         self.calls_answered = 0
         self.calls_failed = 0
         self.jobs_submitted = 0
@@ -64,6 +66,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.RunRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.RunReply:
         job = await self._run_or_abort(request, context)
+        context.set_trailing_metadata((self._load.orca_trailer(),))
         return pool_pb2.RunReply(
             outcome=job.outcome, worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id
         )
@@ -74,7 +77,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pool_pb2.CallEvents]:
         """Many Run calls multiplexed on one stream (see proto/pool.proto)."""
-        stream = CallStream(self._stream_call, self._pool.queue.wait_for_room)
+        stream = CallStream(self._stream_call, self._pool.queue.wait_for_room, self._load.load)
         self._streams.add(stream)
         try:
             async for event in stream.serve(messages):
@@ -99,8 +102,10 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             return pool_pb2.CallEvent(call_id=call_id, function_needed=pool_pb2.FunctionNeeded())
         except CallError as e:
             self.calls_failed += 1
+            self._load.answered(ok=False)
             return failure(call_id, e)
         self.calls_answered += 1
+        self._load.answered()
         reply = pool_pb2.RunReply(
             outcome=job.outcome, worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id
         )
@@ -205,6 +210,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         async with _status_on_error(context):
             request, payload = await _gather_chunks(chunks)
         job = await self._run_or_abort(request, context, payload)
+        context.set_trailing_metadata((self._load.orca_trailer(),))
         outcome = memoryview(job.outcome or b"")
         head = pool_pb2.RunReply(worker_id=job.worker_id, worker_pid=job.worker_pid, job_id=job.id)
         yield pool_pb2.Chunk(reply=head, total_bytes=len(outcome))
@@ -225,9 +231,11 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
         except CallError as e:  # as _status_on_error, inline on the hottest path
             self.calls_failed += 1
+            self._load.answered(ok=False)
             context.set_trailing_metadata(e.metadata())
             await context.abort(e.code, str(e))
         self.calls_answered += 1
+        self._load.answered()
         return job
 
     async def _run(

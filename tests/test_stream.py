@@ -275,7 +275,7 @@ def test_a_function_is_sent_once_and_survives_a_worker_restart(server: ServerPro
 
     async def calls(indexes: range) -> tuple[list[int], int]:
         results = [await remote.async_run(i) for i in indexes]
-        return results, len(_transport.stream_for(remote.address)._sent)
+        return results, len(_transport.stream_for(remote.servers.addresses[0])._sent)
 
     async def across_worker_restarts() -> tuple[list[int], list[int], int]:
         before, _ = await calls(range(10))
