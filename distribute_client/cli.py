@@ -206,7 +206,8 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--server",
         default=default,
-        help="host:port, or grpcs://host:port for TLS (default: $POOL_SERVER, else "
+        help="host:port, or grpcs://host:port for TLS; several as a comma list, or "
+        "dns:///name:port for every address of a name (default: $POOL_SERVER, else "
         "127.0.0.1:50051); TLS files from $POOL_TLS_CA, $POOL_TLS_CERT and $POOL_TLS_KEY",
     )
     parser.add_argument(

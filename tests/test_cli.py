@@ -129,6 +129,7 @@ COMMANDS = [
     ["watch", "j1"],
     ["jobs"],
     ["batch", "b1"],
+    ["load", "--rps", "1", "--duration", "1"],
 ]
 
 

@@ -322,3 +322,26 @@ def test_a_server_stopping_hands_its_untaken_calls_to_the_others(
 
     assert len(asyncio.run(calls())) == 40
     assert first.proc.wait(30) == 0
+
+
+def test_a_server_that_comes_back_is_taken_back(start_server: StartServer) -> None:
+    first, second = start_servers(start_server, 1, 1)
+    addresses = [first.address, second.address]
+    remote = compute_this(addresses, policy="round_robin")(server_pid)
+
+    async def calls() -> tuple[set[int], set[int], float]:
+        before = {await remote.async_run() for _ in range(4)}
+        first.proc.kill()
+        first.proc.wait()
+        while_down = {await remote.async_run() for _ in range(4)}
+        host, _, port = first.address.rpartition(":")
+        back = await asyncio.to_thread(start_server, "--host", host, "--port", port)
+        started = time.monotonic()
+        while await remote.async_run() != back.proc.pid:
+            await asyncio.sleep(0.05)
+        return before, while_down, time.monotonic() - started
+
+    before, while_down, took = asyncio.run(calls())
+    assert before == {first.proc.pid, second.proc.pid}
+    assert while_down == {second.proc.pid}
+    assert took < 5.0, took  # gRPC reconnects within its 2 s backoff
