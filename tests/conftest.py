@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,16 +104,20 @@ def launch_server(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     token: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> ServerProcess:
     """Start a server; its journal lives next to its log unless ``args`` say
     otherwise. ``env`` replaces the environment; ``token`` is what the
     fixture's own clients send (default: the environment's). A server given
-    ``--tls-cert`` gets a ``grpcs://`` address (its CA from $POOL_TLS_CA)."""
+    ``--tls-cert`` gets a ``grpcs://`` address (its CA from $POOL_TLS_CA).
+    ``prefix`` goes before the server's command, e.g. ``nsenter`` and its
+    options to run it in a network namespace (tests/netns.py); it must exec
+    the server, not fork it, so that signals reach the server itself."""
     if "--state-dir" not in args:
         args = (*args, "--state-dir", str(log_path.with_suffix(".state")))
     log = log_path.open("ab")
     proc = subprocess.Popen(
-        [*SERVER_COMMAND, "--port", "0", *args],
+        [*prefix, *SERVER_COMMAND, "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=log,
         cwd=cwd,
