@@ -1,6 +1,7 @@
 # One command for each thing a newcomer does; every target installs first.
 #   make demo    install, start pool-server on :50051, run test.py against it, keep serving
-#   make test    install, lint, type-check and run the whole test suite
+#   make test    install, lint, type-check and run the whole test suite (as root it
+#                apt-gets the Debian packages some tests use: tools/system-packages)
 #   make bench   install and print the core latency/throughput, job and memory figures
 #                (the peer comparison: python -m bench, after pip install -e '.[bench]')
 #   make proto   regenerate pool_proto/ from proto/pool.proto
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 WORKERS ?= 4
 PORT ?= 50051
 
-.PHONY: install demo serve test lint bench proto
+.PHONY: install system-packages demo serve test lint bench proto
 
 install: $(VENV)/.installed
 
@@ -34,7 +35,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+system-packages:
+	tools/system-packages
+
+test: lint system-packages
 	$(BIN)/pytest
 
 bench: install

@@ -26,6 +26,18 @@ from pool_wire.tokens import default_state_dir
 EXIT_USAGE = 2
 
 
+STATE_DIR_DEFAULT = "$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server"
+
+
+def _default_state_dir(parser: argparse.ArgumentParser) -> Path:
+    """The default state dir, looked up only when --state-dir is not given:
+    a user with no home directory (a bare container uid) must give one."""
+    try:
+        return default_state_dir()
+    except (RuntimeError, KeyError):  # Path.home() for a uid with no $HOME and no passwd entry
+        parser.error("this user has no home directory: give --state-dir (or $XDG_STATE_HOME)")
+
+
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser = argparse.ArgumentParser(
         prog="pool-server",
@@ -72,8 +84,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=default_state_dir(),
-        help="where the job journal lives; one server per directory (default: %(default)s)",
+        help="where the job journal lives; one server per directory "
+        f"(default: {STATE_DIR_DEFAULT})",
     )
     parser.add_argument(
         "--result-ttl",
@@ -114,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="allow --auth none on an address other hosts can reach",
     )
     args = parser.parse_args(argv)
+    args.state_dir = args.state_dir or _default_state_dir(parser)
     try:
         return ServerConfig(
             workers=args.workers,
@@ -156,14 +169,14 @@ def token_command(argv: list[str]) -> int:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=default_state_dir(),
-        help="the server's state dir, whose token file is used (default: %(default)s)",
+        help=f"the server's state dir, whose token file is used (default: {STATE_DIR_DEFAULT})",
     )
     parser.add_argument("--token-file", type=Path, help="use this token file instead")
     parser.add_argument(
         "--rotate", action="store_true", help="add a new token as the first line, and print it"
     )
     args = parser.parse_args(argv)
+    args.state_dir = args.state_dir or _default_state_dir(parser)
     path = args.token_file or args.state_dir / "token"
     try:
         if args.token_file is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pwd
 import resource
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distribute_client import ProtocolError, ServerUnavailableError, compute_this
 from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_server.cli import parse_args
 from pool_wire.payload import CallOutcome, OutcomeStatus, loads_outcome
 
 from .conftest import (
@@ -92,6 +94,26 @@ def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> Non
     out = subprocess.run([*SERVER_COMMAND, *args], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert message in out.stderr
+
+
+def test_a_user_without_a_home_is_asked_for_a_state_dir(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A container's bare uid (no $HOME, no passwd entry: getpwuid raises
+    KeyError) gets a usage error saying what to give, not a traceback from
+    the option defaults."""
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+
+    def no_entry(uid: int) -> pwd.struct_passwd:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--port", "0"])
+    assert exited.value.code == 2
+    assert "give --state-dir" in capsys.readouterr().err
+    assert parse_args(["--state-dir", "/tmp/x"]).state_dir == Path("/tmp/x")
 
 
 def test_port_in_use_exits_3(server: ServerProcess, tmp_path: Path) -> None:
