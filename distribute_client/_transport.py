@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 
@@ -33,6 +33,9 @@ from distribute_client.errors import (
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_wire.limits import CHUNK_BYTES, GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
 from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind
+
+if TYPE_CHECKING:
+    from distribute_client._local import LocalBackend
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -295,9 +298,18 @@ class Reply:
         )
 
 
+def _local(address: Address) -> LocalBackend:
+    """This process's own pool for a ``local`` address (imported on first use:
+    it brings parts of the server and the worker with it)."""
+    from distribute_client._local import local_backend
+
+    return local_backend(address.local_workers)
+
+
 async def give_way(address: Address) -> None:
     """Before pickling a call: let the calls already queued to ``address`` leave."""
-    await stream_for(address).give_way()
+    if not address.local:
+        await stream_for(address).give_way()
 
 
 async def run(
@@ -310,6 +322,9 @@ async def run(
     Calls stream, or in pieces over RunChunked if its payload is large.
     ``function`` is the pickled function of ``request.function_hash``, if it
     has one (sent only to a server that lacks it)."""
+    if address.local:
+        outcome, worker_id, worker_pid = await _local(address).run(request, deadline_s, function)
+        return Reply(outcome, worker_id, worker_pid, job_id="")
     if len(request.payload) <= STREAM_PAYLOAD_BYTES:
         return Reply.of(await stream_for(address).run(request, deadline_s, function))
     request.function = function
@@ -347,6 +362,8 @@ async def get_workers(
     address: Address, request: pool_pb2.GetWorkersRequest, deadline_s: float | None
 ) -> pool_pb2.GetWorkersReply:
     """GetWorkers: every worker slot plus the job queue."""
+    if address.local:
+        return await _local(address).get_workers(request)
     return await _unary(address, stub_for(address).GetWorkers, request, deadline_s)
 
 
@@ -354,6 +371,8 @@ async def submit(
     address: Address, request: pool_pb2.SubmitRequest, deadline_s: float | None
 ) -> pool_pb2.SubmitReply:
     """Submit: one job per payload, journaled before the reply; all or none."""
+    if address.local:
+        return await _local(address).submit(request)
     return await _unary(address, stub_for(address).Submit, request, deadline_s)
 
 
@@ -361,6 +380,8 @@ async def get_job(
     address: Address, request: pool_pb2.JobRef, deadline_s: float | None
 ) -> pool_pb2.JobStatus:
     """GetJob: where a job stands."""
+    if address.local:
+        return await _local(address).get_job(request)
     return await _unary(address, stub_for(address).GetJob, request, deadline_s)
 
 
@@ -368,6 +389,10 @@ async def watch_job(
     address: Address, request: pool_pb2.JobRef
 ) -> AsyncIterator[pool_pb2.JobStatus]:
     """WatchJob: a job's status after every change, until it finishes."""
+    if address.local:
+        async for status in _local(address).watch_job(request):
+            yield status
+        return
     with map_rpc_errors(address, None):
         async for status in stub_for(address).WatchJob(request):
             yield status
@@ -377,6 +402,8 @@ async def get_result(
     address: Address, request: pool_pb2.JobRef, deadline_s: float | None
 ) -> pool_pb2.JobResult:
     """GetResult: wait up to the deadline for a job to finish; its status and outcome."""
+    if address.local:
+        return await _local(address).get_result(request, deadline_s)
     return await _unary(address, stub_for(address).GetResult, request, deadline_s)
 
 
@@ -384,6 +411,8 @@ async def cancel_job(
     address: Address, request: pool_pb2.JobRef, deadline_s: float | None
 ) -> pool_pb2.JobStatus:
     """CancelJob: drop a queued job, or stop a running one's worker."""
+    if address.local:
+        return await _local(address).cancel_job(request)
     return await _unary(address, stub_for(address).CancelJob, request, deadline_s)
 
 
@@ -391,6 +420,8 @@ async def list_jobs(
     address: Address, request: pool_pb2.ListJobsRequest, deadline_s: float | None
 ) -> pool_pb2.ListJobsReply:
     """ListJobs: submitted jobs, newest first."""
+    if address.local:
+        return await _local(address).list_jobs(request)
     return await _unary(address, stub_for(address).ListJobs, request, deadline_s)
 
 
@@ -398,6 +429,8 @@ async def get_batch(
     address: Address, request: pool_pb2.BatchRef, deadline_s: float | None
 ) -> pool_pb2.BatchStatus:
     """GetBatch: a batch's calls per state."""
+    if address.local:
+        return await _local(address).get_batch(request)
     return await _unary(address, stub_for(address).GetBatch, request, deadline_s)
 
 

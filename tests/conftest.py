@@ -42,7 +42,7 @@ def pid_alive(pid: int) -> bool:
     """True if ``pid`` is a live process (zombies count as dead)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
