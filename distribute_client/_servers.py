@@ -89,8 +89,8 @@ class Servers:
             return Credentials.resolve(token, tls_ca, tls_cert, tls_key)
 
         several = len(entries) > 1 or entries[0].startswith(DNS_PREFIX)
-        if several and any(Address.parse(e).local for e in entries if not _is_dns(e)):
-            raise ValueError(f"{where} has local, which runs here and cannot be one of several")
+        if several and any(Address.parse(e).backend for e in entries if not _is_dns(e)):
+            raise ValueError(f"{where} names a backend (local, celery://...), which stands alone")
         if entries[0].startswith(DNS_PREFIX):
             if len(entries) > 1:
                 raise ValueError(f"{where} has a dns:/// name, which stands alone")

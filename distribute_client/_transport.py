@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
+from distribute_client import backends
 from distribute_client._credentials import Credentials, token_interceptors
 from distribute_client._stream import CallStream, OpenStream
 from distribute_client.errors import (
@@ -34,18 +35,12 @@ from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_wire.limits import CHUNK_BYTES, GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
 from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind
 
-if TYPE_CHECKING:
-    from distribute_client._local import LocalBackend
-
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 # Submit answers once the jobs are journaled: quick, unless the server is unwell.
 SUBMIT_TIMEOUT_S = 60.0
 SERVER_ENV = "POOL_SERVER"
 
-# ``local`` (or ``local:N``) names this process's own pool instead of a server.
-LOCAL = "local"
-MAX_LOCAL_WORKERS = 1024
 
 _CHANNEL_OPTIONS = GRPC_MESSAGE_OPTIONS
 
@@ -72,8 +67,10 @@ ReplyT = TypeVar("ReplyT", covariant=True)
 @dataclass(frozen=True)
 class Address:
     """Where one pool-server listens (``host:port``, ``grpc://...`` or
-    ``grpcs://...``), and the credentials this client shows it; or ``local``
-    (``local:N``), this process's own pool of N workers (see ``_local``).
+    ``grpcs://...``), and the credentials this client shows it; or an
+    address whose scheme names a backend (``backend``: ``local`` for
+    ``local`` or ``local:N``, ``celery`` for ``celery://...``; see
+    ``distribute_client.backends``), whose RPCs are answered without gRPC.
 
     ``keepalive``: the channel pings the server every half second, so that a
     cut link is noticed within a second (for one of several servers).
@@ -86,6 +83,7 @@ class Address:
     credentials: Credentials = field(default_factory=Credentials)
     keepalive: bool = False
     tls_name: str = ""
+    backend: str = ""
 
     @classmethod
     def parse(
@@ -101,27 +99,19 @@ class Address:
         those of the environment."""
         text = server.strip()
         where = where or f"server address {text!r}"
-        if text == LOCAL or text.startswith(LOCAL + ":"):
-            workers = text.removeprefix(LOCAL).removeprefix(":")
-            if workers and not (workers.isdigit() and 1 <= int(workers) <= MAX_LOCAL_WORKERS):
-                raise ValueError(f"{where} is not local:N with N from 1 to {MAX_LOCAL_WORKERS}")
-            return cls(text, tls=False)
+        scheme = backends.scheme_of(text)
+        if scheme is not None:
+            try:
+                backends.check(text)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            return cls(text, tls=False, backend=scheme)
         tls = text.startswith("grpcs://")
         target = text.removeprefix("grpcs://").removeprefix("grpc://")
         host, sep, port = target.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > _MAX_PORT:
             raise ValueError(f"{where} is not host:port, grpc://host:port or grpcs://host:port")
         return cls(target, tls, credentials or Credentials.resolve(), keepalive)
-
-    @property
-    def local(self) -> bool:
-        return self.target == LOCAL or self.target.startswith(LOCAL + ":")
-
-    @property
-    def local_workers(self) -> int | None:
-        """For ``local:N``, N; None for ``local`` (one per CPU)."""
-        workers = self.target.removeprefix(LOCAL).removeprefix(":")
-        return int(workers) if workers else None
 
     def __str__(self) -> str:
         return f"grpcs://{self.target}" if self.tls else self.target
@@ -298,17 +288,9 @@ class Reply:
         )
 
 
-def _local(address: Address) -> LocalBackend:
-    """This process's own pool for a ``local`` address (imported on first use:
-    it brings parts of the server and the worker with it)."""
-    from distribute_client._local import local_backend
-
-    return local_backend(address.local_workers)
-
-
 async def give_way(address: Address) -> None:
     """Before pickling a call: let the calls already queued to ``address`` leave."""
-    if not address.local:
+    if not address.backend:
         await stream_for(address).give_way()
 
 
@@ -322,8 +304,9 @@ async def run(
     Calls stream, or in pieces over RunChunked if its payload is large.
     ``function`` is the pickled function of ``request.function_hash``, if it
     has one (sent only to a server that lacks it)."""
-    if address.local:
-        outcome, worker_id, worker_pid = await _local(address).run(request, deadline_s, function)
+    if address.backend:
+        backend = backends.backend_for(address.target)
+        outcome, worker_id, worker_pid = await backend.run(request, deadline_s, function)
         return Reply(outcome, worker_id, worker_pid, job_id="")
     if len(request.payload) <= STREAM_PAYLOAD_BYTES:
         return Reply.of(await stream_for(address).run(request, deadline_s, function))
@@ -362,8 +345,8 @@ async def get_workers(
     address: Address, request: pool_pb2.GetWorkersRequest, deadline_s: float | None
 ) -> pool_pb2.GetWorkersReply:
     """GetWorkers: every worker slot plus the job queue."""
-    if address.local:
-        return await _local(address).get_workers(request)
+    if address.backend:
+        return await backends.backend_for(address.target).get_workers(request)
     return await _unary(address, stub_for(address).GetWorkers, request, deadline_s)
 
 
@@ -371,8 +354,8 @@ async def submit(
     address: Address, request: pool_pb2.SubmitRequest, deadline_s: float | None
 ) -> pool_pb2.SubmitReply:
     """Submit: one job per payload, journaled before the reply; all or none."""
-    if address.local:
-        return await _local(address).submit(request)
+    if address.backend:
+        return await backends.backend_for(address.target).submit(request)
     return await _unary(address, stub_for(address).Submit, request, deadline_s)
 
 
@@ -380,8 +363,8 @@ async def get_job(
     address: Address, request: pool_pb2.JobRef, deadline_s: float | None
 ) -> pool_pb2.JobStatus:
     """GetJob: where a job stands."""
-    if address.local:
-        return await _local(address).get_job(request)
+    if address.backend:
+        return await backends.backend_for(address.target).get_job(request)
     return await _unary(address, stub_for(address).GetJob, request, deadline_s)
 
 
@@ -389,8 +372,8 @@ async def watch_job(
     address: Address, request: pool_pb2.JobRef
 ) -> AsyncIterator[pool_pb2.JobStatus]:
     """WatchJob: a job's status after every change, until it finishes."""
-    if address.local:
-        async for status in _local(address).watch_job(request):
+    if address.backend:
+        async for status in backends.backend_for(address.target).watch_job(request):
             yield status
         return
     with map_rpc_errors(address, None):
@@ -402,8 +385,8 @@ async def get_result(
     address: Address, request: pool_pb2.JobRef, deadline_s: float | None
 ) -> pool_pb2.JobResult:
     """GetResult: wait up to the deadline for a job to finish; its status and outcome."""
-    if address.local:
-        return await _local(address).get_result(request, deadline_s)
+    if address.backend:
+        return await backends.backend_for(address.target).get_result(request, deadline_s)
     return await _unary(address, stub_for(address).GetResult, request, deadline_s)
 
 
@@ -411,8 +394,8 @@ async def cancel_job(
     address: Address, request: pool_pb2.JobRef, deadline_s: float | None
 ) -> pool_pb2.JobStatus:
     """CancelJob: drop a queued job, or stop a running one's worker."""
-    if address.local:
-        return await _local(address).cancel_job(request)
+    if address.backend:
+        return await backends.backend_for(address.target).cancel_job(request)
     return await _unary(address, stub_for(address).CancelJob, request, deadline_s)
 
 
@@ -420,8 +403,8 @@ async def list_jobs(
     address: Address, request: pool_pb2.ListJobsRequest, deadline_s: float | None
 ) -> pool_pb2.ListJobsReply:
     """ListJobs: submitted jobs, newest first."""
-    if address.local:
-        return await _local(address).list_jobs(request)
+    if address.backend:
+        return await backends.backend_for(address.target).list_jobs(request)
     return await _unary(address, stub_for(address).ListJobs, request, deadline_s)
 
 
@@ -429,8 +412,8 @@ async def get_batch(
     address: Address, request: pool_pb2.BatchRef, deadline_s: float | None
 ) -> pool_pb2.BatchStatus:
     """GetBatch: a batch's calls per state."""
-    if address.local:
-        return await _local(address).get_batch(request)
+    if address.backend:
+        return await backends.backend_for(address.target).get_batch(request)
     return await _unary(address, stub_for(address).GetBatch, request, deadline_s)
 
 

@@ -1,4 +1,4 @@
-"""The local backend (``distribute_client._local``) through its interface.
+"""The local backend (``distribute_client.backends.local``) through its interface.
 
 Every call is a real payload made by the client's own codec, run by real
 worker processes, and its outcome read back with the client's own decoder:
@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from distribute_client import _codec
-from distribute_client._local import LocalBackend, local_backend
+from distribute_client.backends.local import LocalBackend, local_backend
 from distribute_client.errors import (
     CallTimeoutError,
     InvalidRequestError,
@@ -481,7 +481,7 @@ def test_close_fails_what_is_left(tmp_path: Path) -> None:
 CLIENT_SCRIPT = """
 import asyncio, os, signal, sys, time
 from distribute_client import _codec
-from distribute_client._local import local_backend
+from distribute_client.backends.local import local_backend
 from pool_proto import pool_pb2
 
 def sleep():

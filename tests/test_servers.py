@@ -246,7 +246,7 @@ def test_bad_server_lists_are_refused_saying_why(monkeypatch: pytest.MonkeyPatch
         Servers.parse("127.0.0.2:1,127.0.0.2:1")
     with pytest.raises(ValueError, match="'nope' is not host:port"):
         Servers.parse(["127.0.0.2:1", "nope"])
-    with pytest.raises(ValueError, match="local, which runs here"):
+    with pytest.raises(ValueError, match="names a backend"):
         Servers.parse("local,127.0.0.2:1")
     with pytest.raises(ValueError, match="policy must be one of"):
         Servers.parse("127.0.0.2:1,127.0.0.3:1", policy="fastest")

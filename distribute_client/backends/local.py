@@ -726,6 +726,8 @@ class LocalBackend:
             slot.state = state
 
 
+MAX_WORKERS = 1024
+
 _backends: dict[int, LocalBackend] = {}
 _backends_lock = threading.Lock()
 
@@ -740,6 +742,20 @@ def local_backend(workers: int | None) -> LocalBackend:
             backend = _backends[count] = LocalBackend(count)
             _before_exit(backend.close)
         return backend
+
+
+def check(url: str) -> None:
+    """``local`` or ``local:N``, N from 1 to MAX_WORKERS."""
+    workers = url.removeprefix("local").removeprefix(":")
+    if workers and not (workers.isdigit() and 1 <= int(workers) <= MAX_WORKERS):
+        raise ValueError(f"{url!r} is not local:N with N from 1 to {MAX_WORKERS}")
+
+
+def connect(url: str) -> LocalBackend:
+    """The backend of ``local`` (one worker per CPU) or ``local:N``."""
+    check(url)
+    workers = url.removeprefix("local").removeprefix(":")
+    return local_backend(int(workers) if workers else None)
 
 
 def _before_exit(close: Callable[[], None]) -> None:
