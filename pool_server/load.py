@@ -62,8 +62,7 @@ class LoadReporter:
     def orca_trailer(self) -> tuple[str, bytes]:
         load = self.load()
         report = orca_pb2.OrcaLoadReport(
-            application_utilization=(load.busy_workers + load.queue_length)
-            / max(load.workers, 1),
+            application_utilization=(load.busy_workers + load.queue_length) / max(load.workers, 1),
             rps_fractional=self._rate,
             eps=self._error_rate,
         )
