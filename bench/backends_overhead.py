@@ -105,8 +105,8 @@ class OursOnCelery:
 
 
 def measure(system: Any, workers: int, calls: int, concurrent: int) -> dict[str, float]:
-    system.start(workers)
     try:
+        system.start(workers)
         for i in range(WARMUP_CALLS):
             assert system.call(identity, i) == i
         latencies = []
