@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 import uvloop
@@ -20,12 +21,16 @@ from pool_server.auth import Authenticator, AuthSetupError, TokenStore, reload_o
 from pool_server.config import ServerConfig
 from pool_server.journal import Journal, JournalError
 from pool_server.journal_writer import JournalWriter
+from pool_server.metrics import PoolMetrics
 from pool_server.service import PoolService
 from pool_server.state_dir import lock_state_dir, prepare_state_dir
 from pool_server.supervisor import WorkerPool, open_pool
 from pool_server.tls import TlsSetupError, server_credentials
 from pool_server.tracker import JobTracker
 from pool_wire.limits import GRPC_MESSAGE_OPTIONS
+
+if TYPE_CHECKING:
+    from pool_server.web import MetricsPort
 
 log = logging.getLogger("pool_server")
 
@@ -122,7 +127,11 @@ async def _serve_journaled(
     hurry: asyncio.Event,
     started: float,
 ) -> int:
-    server = grpc.aio.server(interceptors=[Authenticator(tokens)], options=GRPC_OPTIONS)
+    metrics = PoolMetrics() if config.metrics_port is not None else None
+    interceptors = [metrics.grpc] if metrics is not None else []  # first: refusals count too
+    server = grpc.aio.server(
+        interceptors=[*interceptors, Authenticator(tokens)], options=GRPC_OPTIONS
+    )
     try:
         port = _listen(server, config)
     except TlsSetupError as e:
@@ -143,10 +152,19 @@ async def _serve_journaled(
         if not await _wait_ready(pool, stop):
             return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
         service = PoolService(pool, tracker)
+        try:
+            web = await _open_metrics_port(config, tokens, metrics, pool, tracker)
+        except TlsSetupError as e:
+            log.error("%s", e)
+            return EXIT_AUTH_UNUSABLE
+        except OSError as e:
+            log.error("cannot listen on %s:%s for metrics: %s", config.host, config.metrics_port, e)
+            return EXIT_BIND_FAILED
         health_servicer = await _start_grpc(server, service)
         print(
             f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
-            f"(pid {os.getpid()}; {_security_summary(config, tokens)})",
+            f"(pid {os.getpid()}; {_security_summary(config, tokens)}"
+            f"{f'; metrics on {web.url}' if web else ''})",
             flush=True,
         )
         expiry = asyncio.create_task(tracker.expire_forever(), name="expiry")
@@ -163,6 +181,8 @@ async def _serve_journaled(
         grpc_stopped = asyncio.ensure_future(server.stop(config.grace + SHUTDOWN_SLACK_S))
         await pool.shut_down(config.grace, hurry)
         await grpc_stopped
+        if web is not None:
+            await web.close()
 
     log.info(
         "stopped after %.0f s: %d calls answered, %d failed, %d jobs submitted, %d worker restarts",
@@ -173,6 +193,21 @@ async def _serve_journaled(
         sum(w.restarts for w in pool.workers),
     )
     return EXIT_OK
+
+
+async def _open_metrics_port(
+    config: ServerConfig,
+    tokens: TokenStore | None,
+    metrics: PoolMetrics | None,
+    pool: WorkerPool,
+    tracker: JobTracker,
+) -> MetricsPort | None:
+    """The metrics port, serving; None without --metrics-port."""
+    if metrics is None:
+        return None
+    from pool_server.web import MetricsPort  # aiohttp takes 0.1 s to import: only when used
+
+    return await MetricsPort.open(config, tokens, metrics, pool, tracker)
 
 
 def _load_tokens(config: ServerConfig) -> TokenStore | None:

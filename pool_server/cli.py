@@ -63,6 +63,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="port to listen on; 0 picks a free one (default: %(default)s)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="also serve Prometheus metrics (/metrics) and a live dashboard (/) over HTTP on "
+        "this port, with the same --host, tokens and TLS as the gRPC port; 0 picks a free one "
+        "(default: off)",
+    )
+    parser.add_argument(
         "--queue-size",
         type=int,
         default=DEFAULT_QUEUE_SIZE,
@@ -142,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             token_file=args.token_file,
             tls=_tls_files(args),
             insecure_no_auth=args.insecure_no_auth,
+            metrics_port=args.metrics_port,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -47,12 +47,14 @@ class ServerConfig:
     token_file: Path | None = None
     tls: TlsFiles | None = None
     insecure_no_auth: bool = False  # serve other hosts without a token, knowingly
+    metrics_port: int | None = None  # Prometheus metrics and the dashboard over HTTP; None: off
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535 (0 picks a free one), got {self.port}")
+        _check_port("port", self.port)
+        if self.metrics_port is not None:
+            _check_port("metrics port", self.metrics_port)
         if self.queue_size < 1:
             raise ValueError(f"queue size must be at least 1, got {self.queue_size}")
         if self.max_queued_bytes < 1:
@@ -86,3 +88,8 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _check_port(what: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{what} must be 0..65535 (0 picks a free one), got {port}")

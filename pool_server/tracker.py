@@ -19,6 +19,7 @@ never existed, so that ids cannot be probed (issue 9, "Who sees what").
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -200,6 +201,15 @@ class JobTracker:
         if not counts.total:
             raise JobNotFound(f"no batch {brief(batch_id)} on this server")
         return counts
+
+    def live(self) -> list[Job]:
+        """The durable jobs held in memory (unfinished, or finished and not
+        yet journaled as such), oldest first: for metrics and the dashboard."""
+        return list(self._live.values())
+
+    def counts(self) -> collections.Counter[JobState]:
+        """How many jobs :meth:`live` holds in each state."""
+        return collections.Counter(job.state for job in self._live.values())
 
     async def watch(self, job_id: str, caller: Caller) -> AsyncIterator[Job]:
         """The job now, then after every change, until it is finished."""
