@@ -1,11 +1,14 @@
-"""What the ``celery://`` backend costs over raw Celery, on the same workloads.
+"""What the ``celery://`` and ``dask://`` backends cost over raw Celery and
+raw Dask, on the same workloads.
 
 Usage::
 
-    python -m bench.backends_overhead [--workers 2] [--calls 300] [--concurrent 1000]
+    python -m bench.backends_overhead [--engine celery|dask] [--workers 2]
+        [--calls 300] [--concurrent 1000]
 
-Runs each system in turn, each with a private ``redis-server`` (broker and
-results) and one prefork worker of ``--workers`` processes:
+``--engine celery`` (the default) runs each system in turn, each with a
+private ``redis-server`` (broker and results) and one prefork worker of
+``--workers`` processes:
 
 - **raw Celery**: ``bench.suite.systems.celery_redis``, the suite's peer: a
   task per workload function, pickle serialization, ``task.delay(x).get()``;
@@ -14,18 +17,28 @@ results) and one prefork worker of ``--workers`` processes:
   a payload, base64 in a JSON message, run by the pool's runner, its outcome
   waited for by the backend's watcher thread.
 
+``--engine dask`` runs each on a ``LocalCluster`` of ``--workers`` one-thread
+worker processes:
+
+- **raw Dask**: ``bench.suite.systems.dask_cluster``, the suite's peer:
+  ``client.submit(f, x, pure=False)``;
+- **ours on Dask**: ``compute_this("tcp://...")`` on the cluster's
+  scheduler (``OursOnDask`` below): a task that runs the call's payload with
+  the pool's runner, driven by the backend's own asynchronous client.
+
 Workloads: the p50 and p99 of one blocking no-op round trip (``--calls``
 after a warm-up), the throughput of ``--concurrent`` no-op calls in flight
 at once (raw: ``delay`` each then ``get`` each; ours: ``asyncio.gather`` of
 ``async_run``), and of ``--concurrent // 5`` calls that sleep 10 ms (how
 well each keeps its workers busy). Overhead is ours / raw (time), raw / ours
-(throughput): above 1 is slower than raw Celery.
+(throughput): above 1 is slower than the raw engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import platform
 import statistics
@@ -49,19 +62,40 @@ SLEEP_S = 0.01
 REPO = Path(__file__).resolve().parent.parent
 
 
-class OursOnCelery:
-    """``distribute_client`` on the ``celery://`` backend, with a private
-    Redis and one ``celery -A pool_celery`` worker (the System shape of
-    ``bench.suite.adapter``, for ``call`` and ``many``)."""
-
-    name = "ours on Celery"
+class OursOn:
+    """``distribute_client`` on one engine's backend at ``self.address`` (the
+    System shape of ``bench.suite.adapter``, for ``call`` and ``many``)."""
 
     def __init__(self) -> None:
-        self._redis = RedisServer()
-        self._worker: subprocess.Popen[bytes] | None = None
         self._loop = new_loop()
         self._remotes: dict[Callable[..., Any], RemoteFunction[..., Any]] = {}
         self.address = ""
+
+    def _remote(self, fn: Callable[..., Any]) -> RemoteFunction[..., Any]:
+        if fn not in self._remotes:
+            self._remotes[fn] = compute_this(self.address)(fn)
+        return self._remotes[fn]
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self._remote(fn)(*args).compute()
+
+    def many(self, fn: Callable[..., Any], argslist: Sequence[tuple[Any, ...]]) -> list[Any]:
+        remote = self._remote(fn)
+
+        async def gather() -> list[Any]:
+            return list(await asyncio.gather(*(remote.async_run(*args) for args in argslist)))
+
+        return self._loop.run_until_complete(gather())
+
+
+class OursOnCelery(OursOn):
+    """The ``celery://`` backend, with a private Redis and one
+    ``celery -A pool_celery`` worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._redis = RedisServer()
+        self._worker: subprocess.Popen[bytes] | None = None
 
     def start(self, workers: int) -> None:
         broker = self._redis.start()
@@ -87,21 +121,37 @@ class OursOnCelery:
                 self._worker.wait()
         self._redis.stop()
 
-    def _remote(self, fn: Callable[..., Any]) -> RemoteFunction[..., Any]:
-        if fn not in self._remotes:
-            self._remotes[fn] = compute_this(self.address)(fn)
-        return self._remotes[fn]
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._remote(fn)(*args).compute()
+class OursOnDask(OursOn):
+    """The ``dask://`` backend on a ``LocalCluster`` of one-thread worker
+    processes, as the raw peer runs."""
 
-    def many(self, fn: Callable[..., Any], argslist: Sequence[tuple[Any, ...]]) -> list[Any]:
-        remote = self._remote(fn)
+    def __init__(self) -> None:
+        super().__init__()
+        self._cluster: Any = None
 
-        async def gather() -> list[Any]:
-            return list(await asyncio.gather(*(remote.async_run(*args) for args in argslist)))
+    def start(self, workers: int) -> None:
+        import distributed
 
-        return self._loop.run_until_complete(gather())
+        self._cluster = distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        self.address = self._cluster.scheduler_address
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(Client(self.address).workers()) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Dask workers did not start")
+            time.sleep(0.1)
+        self.many(sleep, [(0.05,)] * workers)
+
+    def stop(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
 
 
 def measure(system: Any, workers: int, calls: int, concurrent: int) -> dict[str, float]:
@@ -136,21 +186,31 @@ def measure(system: Any, workers: int, calls: int, concurrent: int) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", choices=["celery", "dask"], default="celery")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--concurrent", type=int, default=1000)
     args = parser.parse_args()
-    from bench.suite.systems.celery_redis import CelerySystem
+    raw_system: Any
+    ours_system: OursOn
+    if args.engine == "celery":
+        import celery
 
-    raw = measure(CelerySystem(), args.workers, args.calls, args.concurrent)
-    ours = measure(OursOnCelery(), args.workers, args.calls, args.concurrent)
-    import celery
+        from bench.suite.systems.celery_redis import CelerySystem
 
-    print(
-        f"celery {celery.__version__}, {args.workers} prefork processes, Python "
-        f"{platform.python_version()}, {os.cpu_count()} CPUs"
-    )
-    print(f"{'':38} {'raw Celery':>12} {'ours on Celery':>15} {'overhead':>9}")
+        raw_system, ours_system, engine = CelerySystem(), OursOnCelery(), "Celery"
+        setup = f"celery {celery.__version__}, {args.workers} prefork processes"
+    else:
+        import distributed
+
+        from bench.suite.systems.dask_cluster import DaskSystem
+
+        raw_system, ours_system, engine = DaskSystem(), OursOnDask(), "Dask"
+        setup = f"distributed {distributed.__version__}, {args.workers} one-thread processes"
+    raw = measure(raw_system, args.workers, args.calls, args.concurrent)
+    ours = measure(ours_system, args.workers, args.calls, args.concurrent)
+    print(f"{setup}, Python {platform.python_version()}, {os.cpu_count()} CPUs")
+    print(f"{'':38} {'raw ' + engine:>12} {'ours on ' + engine:>15} {'overhead':>9}")
     rows = [
         ("no-op round trip p50 (ms)", "p50", 1e3, False),
         ("no-op round trip p99 (ms)", "p99", 1e3, False),

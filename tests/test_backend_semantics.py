@@ -1,5 +1,5 @@
-"""One table of semantics, every backend: a pool-server and ``local`` today;
-the Celery and Dask backends of issue 13 join the table when they land.
+"""One table of semantics, every backend: a pool-server, ``local``, a Celery
+cluster on Redis and a Dask cluster, each a real one.
 
 Each test takes ``where``, the address of one backend, and holds it to what
 ``compute_this`` promises: values, exceptions with their remote traceback,
@@ -29,12 +29,15 @@ from distribute_client import (
 )
 
 from .conftest import ServerProcess, wait_until
+from .engine_celery import celery_cluster, celery_server  # noqa: F401 - fixtures
+from .engine_dask import dask_cluster, dask_server  # noqa: F401 - fixtures
 
-BACKENDS = ["pool-server", "local"]
+BACKENDS = ["pool-server", "local", "celery", "dask"]
 
 # What a backend's engine cannot do; the README says the same.
 CANNOT = {
     ("local", "progress"): "the local backend does not carry progress() reports yet",
+    ("dask", "stop"): "Dask cannot stop a running task: it runs on, its result dropped",
 }
 
 
@@ -45,13 +48,21 @@ def where(request: pytest.FixtureRequest) -> str:
     if name == "pool-server":
         server: ServerProcess = request.getfixturevalue("server")
         return server.address
-    assert name == "local"
-    return "local:2"
+    if name == "local":
+        return "local:2"
+    address: str = request.getfixturevalue(f"{name}_server")
+    return address
+
+
+def backend_of(where: str) -> str:
+    """The backend's name in :data:`CANNOT`, from its address."""
+    scheme = where.partition(":")[0]
+    return {"tcp": "dask"}.get(scheme, scheme)
 
 
 def cannot(where: str, what: str) -> None:
     """xfail the test where this backend's engine cannot do ``what``."""
-    backend = where.partition(":")[0]
+    backend = backend_of(where)
     reason = CANNOT.get((backend, what))
     if reason is not None:
         pytest.xfail(reason)
