@@ -40,8 +40,11 @@ class WorkerInfo:
     pid: int  # 0 while the slot has no process
     state: WorkerState  # a str: "starting", "idle", "busy", "stopping" or "dead"
     jobs_done: int
-    restarts: int
+    restarts: int  # processes replaced for anything but recycling
     server: str  # the server it belongs to
+    recycles: int = 0  # processes replaced by the server's recycling policy
+    rss_bytes: int = 0  # the live process's resident memory; 0 while none
+    last_exit_reason: str = ""  # why its last process went, e.g. "crash", "recycled-tasks"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class PoolStatus:
     queue_length: int
     queue_capacity: int
     unreachable: tuple[str, ...] = ()
+    # How few and how many workers the pools may have (summed over servers).
+    min_workers: int = 0
+    max_workers: int = 0
 
 
 class Client:
@@ -128,6 +134,9 @@ class Client:
                     w.jobs_done,
                     w.restarts,
                     str(address),
+                    w.recycles,
+                    w.rss_bytes,
+                    w.last_exit_reason,
                 )
                 for address, reply in answered
                 for w in reply.workers
@@ -135,11 +144,28 @@ class Client:
             queue_length=sum(reply.queue_length for _, reply in answered),
             queue_capacity=sum(reply.queue_capacity for _, reply in answered),
             unreachable=tuple(str(address) for address, _ in failed),
+            min_workers=sum(reply.limits.min_workers for _, reply in answered),
+            max_workers=sum(reply.limits.max_workers for _, reply in answered),
         )
 
     def status(self) -> PoolStatus:
         """Every worker slot plus the queue's length and capacity (summed over servers)."""
         return run_sync(self.async_status())
+
+    async def async_set_worker_limits(self, min_workers: int, max_workers: int) -> None:
+        request = pool_pb2.WorkerLimits(min_workers=min_workers, max_workers=max_workers)
+        _, failed = await self._ask_each(
+            lambda address: _transport.set_worker_limits(address, request, LOOKUP_TIMEOUT_S)
+        )
+        if failed:  # every server must have taken them
+            raise failed[0][1]
+
+    def set_worker_limits(self, min_workers: int, max_workers: int) -> None:
+        """Let each server's pool have ``min_workers`` to ``max_workers``
+        workers from now on (an admin token): it sizes itself to the work
+        between them, as under ``pool-server --min-workers --max-workers``.
+        Raises ``InvalidRequestError`` for limits the server refuses."""
+        run_sync(self.async_set_worker_limits(min_workers, max_workers))
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker slot: id, pid, state, jobs done, restarts and server."""

@@ -144,6 +144,7 @@ class _Stub(Protocol):
     Calls: OpenStream
     RunChunked: _Chunked
     GetWorkers: _Unary[pool_pb2.GetWorkersRequest, pool_pb2.GetWorkersReply]
+    SetWorkerLimits: _Unary[pool_pb2.WorkerLimits, pool_pb2.WorkerLimits]
     Submit: _Unary[pool_pb2.SubmitRequest, pool_pb2.SubmitReply]
     GetJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
     WatchJob: _Streaming[pool_pb2.JobRef, pool_pb2.JobStatus]
@@ -348,6 +349,18 @@ async def get_workers(
     if address.backend:
         return await backends.backend_for(address.target).get_workers(request)
     return await _unary(address, stub_for(address).GetWorkers, request, deadline_s)
+
+
+async def set_worker_limits(
+    address: Address, request: pool_pb2.WorkerLimits, deadline_s: float | None
+) -> pool_pb2.WorkerLimits:
+    """SetWorkerLimits: how few and how many workers the pool may have."""
+    if address.backend:
+        raise InvalidRequestError(
+            f"{address} runs on {address.backend}, whose engine sizes its own workers: "
+            "worker limits are a pool-server's"
+        )
+    return await _unary(address, stub_for(address).SetWorkerLimits, request, deadline_s)
 
 
 async def submit(

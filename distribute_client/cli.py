@@ -126,7 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(command=function)
         return sub
 
-    command("workers", _workers, "list the worker slots and the queue")
+    workers = command("workers", _workers, "list the worker slots and the queue")
+    workers.add_argument(
+        "--set",
+        metavar="MIN:MAX",
+        type=_worker_limits,
+        help="first let the pool have MIN to MAX workers (an admin token); MIN:MIN fixes it",
+    )
     submit = command("submit", _submit, "submit MODULE:FUNCTION(ARG...) as a job")
     submit.add_argument("function", metavar="MODULE:FUNCTION", type=_function_name)
     submit.add_argument("args", nargs="*", metavar="ARG", help="a JSON value per argument")
@@ -226,16 +232,40 @@ def _add_common(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def _workers(client: Client, args: argparse.Namespace) -> int:
+    if args.set is not None:
+        client.set_worker_limits(*args.set)
     status = client.status()
     if args.json:
         _print_json(dataclasses.asdict(status))
         return EXIT_OK
-    print(f"{len(status.workers)} workers, queue {status.queue_length}/{status.queue_capacity}")
+    limits = f"{status.min_workers}..{status.max_workers}"
+    print(
+        f"{len(status.workers)} workers (limits {limits}), "
+        f"queue {status.queue_length}/{status.queue_capacity}"
+    )
     for w in status.workers:
-        print(
-            f"  worker {w.id}: {w.state:8} pid {w.pid:<7} {w.jobs_done} jobs, {w.restarts} restarts"
+        line = (
+            f"  worker {w.id}: {w.state:8} pid {w.pid:<7} {w.jobs_done} jobs, "
+            f"{w.restarts} restarts, {w.recycles} recycles"
         )
+        if w.rss_bytes:
+            line += f", RSS {w.rss_bytes / (1 << 20):.0f} MiB"
+        if w.last_exit_reason:
+            line += f", last exit: {w.last_exit_reason}"
+        print(line)
     return EXIT_OK
+
+
+def _worker_limits(text: str) -> tuple[int, int]:
+    low, colon, high = text.partition(":")
+    try:
+        if not colon:
+            raise ValueError
+        return int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not MIN:MAX (two whole numbers, e.g. 1:8)"
+        ) from None
 
 
 def _token(path: Path | None) -> str | None:

@@ -182,28 +182,44 @@ class GetWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("id", "pid", "state", "jobs_done", "restarts")
+    __slots__ = ("id", "pid", "state", "jobs_done", "restarts", "recycles", "rss_bytes", "last_exit_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     JOBS_DONE_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    RECYCLES_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXIT_REASON_FIELD_NUMBER: _ClassVar[int]
     id: int
     pid: int
     state: WorkerState
     jobs_done: int
     restarts: int
-    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., jobs_done: _Optional[int] = ..., restarts: _Optional[int] = ...) -> None: ...
+    recycles: int
+    rss_bytes: int
+    last_exit_reason: str
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[_Union[WorkerState, str]] = ..., jobs_done: _Optional[int] = ..., restarts: _Optional[int] = ..., recycles: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., last_exit_reason: _Optional[str] = ...) -> None: ...
+
+class WorkerLimits(_message.Message):
+    __slots__ = ("min_workers", "max_workers")
+    MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    min_workers: int
+    max_workers: int
+    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ...) -> None: ...
 
 class GetWorkersReply(_message.Message):
-    __slots__ = ("workers", "queue_length", "queue_capacity")
+    __slots__ = ("workers", "queue_length", "queue_capacity", "limits")
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     queue_length: int
     queue_capacity: int
-    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ...) -> None: ...
+    limits: WorkerLimits
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., limits: _Optional[_Union[WorkerLimits, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name", "item_counts")

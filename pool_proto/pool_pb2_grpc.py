@@ -54,6 +54,11 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.GetWorkersRequest.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.GetWorkersReply.FromString,
                 _registered_method=True)
+        self.SetWorkerLimits = channel.unary_unary(
+                '/pool.Pool/SetWorkerLimits',
+                request_serializer=pool__proto_dot_pool__pb2.WorkerLimits.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.WorkerLimits.FromString,
+                _registered_method=True)
         self.Submit = channel.unary_unary(
                 '/pool.Pool/Submit',
                 request_serializer=pool__proto_dot_pool__pb2.SubmitRequest.SerializeToString,
@@ -133,6 +138,16 @@ class PoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetWorkerLimits(self, request, context):
+        """Change how few and how many workers the pool may have, while it runs
+        (an admin token): it moves to clamp(busy + queued, min, max) as under
+        --min-workers/--max-workers; a fixed pool becomes autoscaled unless
+        min == max. Answers the limits now in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Submit(self, request, context):
         """Jobs outlive the RPC that submits them: journaled before Submit answers,
         recovered after a restart, their results kept for --result-ttl.
@@ -201,6 +216,11 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.GetWorkers,
                     request_deserializer=pool__proto_dot_pool__pb2.GetWorkersRequest.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.GetWorkersReply.SerializeToString,
+            ),
+            'SetWorkerLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetWorkerLimits,
+                    request_deserializer=pool__proto_dot_pool__pb2.WorkerLimits.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.WorkerLimits.SerializeToString,
             ),
             'Submit': grpc.unary_unary_rpc_method_handler(
                     servicer.Submit,
@@ -346,6 +366,33 @@ class Pool:
             '/pool.Pool/GetWorkers',
             pool__proto_dot_pool__pb2.GetWorkersRequest.SerializeToString,
             pool__proto_dot_pool__pb2.GetWorkersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetWorkerLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/SetWorkerLimits',
+            pool__proto_dot_pool__pb2.WorkerLimits.SerializeToString,
+            pool__proto_dot_pool__pb2.WorkerLimits.FromString,
             options,
             channel_credentials,
             insecure,

@@ -142,7 +142,13 @@ async def _serve_journaled(
         return EXIT_BIND_FAILED
     _warn_if_exposed(config)
 
-    async with open_pool(config.workers, config.queue_size, config.max_queued_bytes) as pool:
+    async with open_pool(
+        config.limits,
+        config.queue_size,
+        config.max_queued_bytes,
+        config.recycling,
+        config.scale_down_delay,
+    ) as pool:
         tracker = JobTracker(pool, writer, config.result_ttl)
         try:
             await tracker.recover()
@@ -162,7 +168,7 @@ async def _serve_journaled(
             return EXIT_BIND_FAILED
         health_servicer = await _start_grpc(server, service)
         print(
-            f"pool-server: serving on {config.host}:{port} with {config.workers} workers "
+            f"pool-server: serving on {config.host}:{port} with {_pool_summary(config)} "
             f"(pid {os.getpid()}; {_security_summary(config, tokens)}"
             f"{f'; metrics on {web.url}' if web else ''})",
             flush=True,
@@ -208,6 +214,14 @@ async def _open_metrics_port(
     from pool_server.web import MetricsPort  # aiohttp takes 0.1 s to import: only when used
 
     return await MetricsPort.open(config, tokens, metrics, pool, tracker)
+
+
+def _pool_summary(config: ServerConfig) -> str:
+    """``4 workers``, ``1 worker``, or ``1..8 workers (autoscaled)``."""
+    limits = config.limits
+    if config.autoscaled:
+        return f"{limits.min}..{limits.max} workers (autoscaled)"
+    return f"{limits.min} worker{'' if limits.min == 1 else 's'}"
 
 
 def _load_tokens(config: ServerConfig) -> TokenStore | None:

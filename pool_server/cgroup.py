@@ -66,7 +66,7 @@ class SlotCgroups:
 
     def __init__(self, pool: Path, size: int) -> None:
         self.pool = pool
-        self._slots = {i: pool / f"worker-{i}" for i in range(1, size + 1)}
+        self._slots = {i: pool / f"worker-{i}" for i in range(1, size + 1)}  # made by _create
 
     def __repr__(self) -> str:
         return f"<SlotCgroups {self.pool}>"
@@ -75,12 +75,19 @@ class SlotCgroups:
         """Put a new worker in its slot's cgroup, before it runs any call.
 
         Raises OSError if the kernel refuses; the caller keeps the process
-        group as its only means of cleanup."""
-        (self._slots[worker_id] / "cgroup.procs").write_text(f"{pid}\n")
+        group as its only means of cleanup. A slot past the pool's size at
+        start (its limits were raised) gets its cgroup here."""
+        slot = self._slots.get(worker_id)
+        if slot is None:
+            slot = self.pool / f"worker-{worker_id}"
+            slot.mkdir(exist_ok=True)
+            self._slots[worker_id] = slot
+        (slot / "cgroup.procs").write_text(f"{pid}\n")
 
     def kill(self, worker_id: int) -> None:
         """SIGKILL every process in the slot, wherever its session."""
-        _kill(self._slots[worker_id])
+        if worker_id in self._slots:
+            _kill(self._slots[worker_id])
 
     async def close(self) -> None:
         """Kill what is left in every slot and remove the pool's cgroups."""

@@ -19,6 +19,9 @@ from pool_server.config import (
     ServerConfig,
     default_max_queued_bytes,
 )
+from pool_server.recycling import RecyclePolicy
+from pool_server.scaling import DEFAULT_SCALE_DOWN_DELAY_S
+from pool_server.sizes import SIZE_HELP, parse_size
 from pool_server.state_dir import prepare_state_dir
 from pool_server.tls import TlsFiles
 from pool_wire.tokens import default_state_dir
@@ -50,8 +53,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes to keep running (default: CPU count, %(default)s)",
+        help=f"worker processes to keep running: a fixed pool (default: CPU count, "
+        f"{os.cpu_count() or 1}, unless --min-workers/--max-workers)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
@@ -104,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)"
     )
+    _add_pool_arguments(parser)
     security = parser.add_argument_group(
         "security",
         "Clients need a token unless --auth none: POOL_TOKEN, else the lines of --token-file "
@@ -135,9 +139,24 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
     args = parser.parse_args(argv)
     args.state_dir = args.state_dir or _default_state_dir(parser)
+    autoscaled = args.min_workers is not None or args.max_workers is not None
+    if args.workers is not None and autoscaled:
+        parser.error(
+            "--workers N fixes the pool's size; for a pool that sizes itself to the work, "
+            "give --min-workers and --max-workers instead"
+        )
     try:
         return ServerConfig(
-            workers=args.workers,
+            workers=args.workers if args.workers is not None else os.cpu_count() or 1,
+            min_workers=args.min_workers,
+            max_workers=args.max_workers,
+            scale_down_delay=args.scale_down_delay,
+            recycling=RecyclePolicy(
+                max_tasks=args.max_tasks_per_worker,
+                max_tasks_jitter=args.max_tasks_jitter,
+                max_rss=args.worker_max_rss,
+                rss_limit=args.worker_rss_limit,
+            ),
             host=args.host,
             port=args.port,
             queue_size=args.queue_size,
@@ -154,6 +173,66 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         )
     except ValueError as e:
         parser.error(str(e))
+
+
+def _add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+    scaling = parser.add_argument_group(
+        "autoscaling",
+        "Size the pool to the work: clamp(busy + queued, MIN, MAX) workers, at most two "
+        "starting at a time; idle ones go after --scale-down-delay above that. "
+        "`pool-client workers --set MIN:MAX` changes the limits while it runs.",
+    )
+    scaling.add_argument("--min-workers", type=int, metavar="A", help="fewest workers (default 1)")
+    scaling.add_argument(
+        "--max-workers", type=int, metavar="B", help="most workers (default: CPU count)"
+    )
+    scaling.add_argument(
+        "--scale-down-delay",
+        type=float,
+        default=DEFAULT_SCALE_DOWN_DELAY_S,
+        metavar="S",
+        help="seconds the pool stays above its target before idle workers go "
+        "(default: %(default)s)",
+    )
+    recycling = parser.add_argument_group(
+        "recycling",
+        "Replace workers that still work, between calls, so leaky code cannot eat the "
+        "machine; a recycle is not a crash and never interrupts a call.",
+    )
+    recycling.add_argument(
+        "--max-tasks-per-worker",
+        type=int,
+        metavar="N",
+        help="replace a worker after N calls (default: never)",
+    )
+    recycling.add_argument(
+        "--max-tasks-jitter",
+        type=int,
+        default=0,
+        metavar="J",
+        help="add 0..J calls to each worker's N, so workers do not all restart at once",
+    )
+    recycling.add_argument(
+        "--worker-max-rss",
+        type=_size,
+        metavar="SIZE",
+        help="soft limit: replace a worker whose RSS is past SIZE after a call, its result "
+        f"returned first (SIZE is {SIZE_HELP})",
+    )
+    recycling.add_argument(
+        "--worker-rss-limit",
+        type=_size,
+        metavar="SIZE",
+        help="hard limit: kill a worker whose RSS passes SIZE (sampled every 250 ms); its call "
+        "fails with WorkerCrashedError, retried where allowed",
+    )
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _tls_files(args: argparse.Namespace) -> TlsFiles | None:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pool_server.recycling import RecyclePolicy
+from pool_server.scaling import DEFAULT_SCALE_DOWN_DELAY_S, WorkerLimits
 from pool_server.tls import TlsFiles
 from pool_wire.tokens import default_state_dir
 
@@ -48,10 +50,14 @@ class ServerConfig:
     tls: TlsFiles | None = None
     insecure_no_auth: bool = False  # serve other hosts without a token, knowingly
     metrics_port: int | None = None  # Prometheus metrics and the dashboard over HTTP; None: off
+    # An autoscaled pool between these (either given); None for both: fixed at ``workers``.
+    min_workers: int | None = None
+    max_workers: int | None = None
+    scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY_S
+    recycling: RecyclePolicy = field(default_factory=RecyclePolicy)
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self._check_pool()
         _check_port("port", self.port)
         if self.metrics_port is not None:
             _check_port("metrics port", self.metrics_port)
@@ -74,6 +80,29 @@ class ServerConfig:
                 "(clients send the token from `pool-server token`), listen on 127.0.0.1, or "
                 "pass --insecure-no-auth if the network itself is trusted"
             )
+
+    def _check_pool(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self.limits  # noqa: B018 - WorkerLimits checks itself
+        if self.scale_down_delay < 0:
+            raise ValueError(
+                f"scale-down delay must be 0 or more seconds, got {self.scale_down_delay}"
+            )
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_workers is not None or self.max_workers is not None
+
+    @property
+    def limits(self) -> WorkerLimits:
+        """The pool's size limits: ``--min-workers`` (default 1) to
+        ``--max-workers`` (default: CPU count), or ``workers`` twice."""
+        if not self.autoscaled:
+            return WorkerLimits(self.workers, self.workers)
+        low = self.min_workers if self.min_workers is not None else 1
+        high = self.max_workers if self.max_workers is not None else max(os.cpu_count() or 1, low)
+        return WorkerLimits(low, high)
 
     @property
     def loopback(self) -> bool:

@@ -53,10 +53,12 @@ class LoadReporter:
             self._window_errors = self._errors
 
     def load(self) -> pool_pb2.Load:
-        workers = self._pool.workers
-        busy = sum(1 for w in workers if w.state is WorkerState.BUSY)
+        busy = sum(1 for w in self._pool.workers if w.state is WorkerState.BUSY)
         return pool_pb2.Load(
-            workers=len(workers), busy_workers=busy, queue_length=len(self._pool.queue)
+            # What it can run at once: an autoscaled pool grows to its maximum.
+            workers=self._pool.autoscaler.limits.max,
+            busy_workers=busy,
+            queue_length=len(self._pool.queue),
         )
 
     def orca_trailer(self) -> tuple[str, bytes]:

@@ -16,7 +16,6 @@ id, never its pid.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 
@@ -28,6 +27,7 @@ from pool_server.errors import WorkerCrashed
 from pool_server.grpc_metrics import GrpcServerMetrics
 from pool_server.jobs import Job, JobChange
 from pool_server.procfs import rss_bytes
+from pool_server.recycling import ExitReason
 from pool_server.supervisor import Worker, WorkerChange, WorkerPool
 from pool_server.tracker import JobTracker
 from pool_wire.names import JobState, WorkerState
@@ -44,16 +44,6 @@ PAYLOAD_BUCKETS = tuple(float(256 * 4**i) for i in range(12))
 OUTCOMES = ("done", "error", "crashed", "timed_out", "cancelled", "failed")
 PHASES = ("queue", "run", "total")
 DIRECTIONS = ("in", "out")
-
-# Why a worker's process was replaced, from the move that ended it; a
-# reason the slot records itself (``Worker.last_exit_reason``, e.g. a
-# recycle) is taken instead when it looks like a label value.
-EXIT_REASONS: dict[WorkerState, str] = {
-    WorkerState.BUSY: "crash",  # died running a call
-    WorkerState.IDLE: "died-idle",
-    WorkerState.STOPPING: "stop",  # stopped on purpose: a cancel, a time limit, a retiring call
-}
-_LABEL_VALUE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 # Job states shown by pool_jobs: a durable job leaves memory once its end is journaled.
 LIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.INTERRUPTED)
@@ -94,7 +84,8 @@ class PoolMetrics:
         self.restarts = Counter(
             "pool_worker_restarts",
             "Worker processes replaced, by reason: crash (died running a call), died-idle, "
-            "stop (stopped on purpose: a cancelled or timed-out call), or the slot's own reason.",
+            "recycled-tasks, recycled-memory, memory-limit (killed past --worker-rss-limit), "
+            "deadline, cancel, unfit, protocol-error, internal-error.",
             ["reason"],
             registry=self.registry,
         )
@@ -105,11 +96,12 @@ class PoolMetrics:
             self.durations.labels(phase)
         for direction in DIRECTIONS:
             self.payload.labels(direction)
-        for reason in EXIT_REASONS.values():
-            self.restarts.labels(reason)
+        for reason in ExitReason:
+            if reason is not ExitReason.SCALED_DOWN:  # a dismissed slot is not replaced
+                self.restarts.labels(reason)
         self._phase = {phase: self.durations.labels(phase) for phase in PHASES}
         self._requeued: dict[Job, float] = {}  # queued again after an attempt: since when
-        self._exited: dict[Worker, str] = {}  # slots whose process ended: why
+        self._exited: dict[Worker, ExitReason] = {}  # slots whose process ended: why
 
     def watch(self, pool: WorkerPool, tracker: JobTracker) -> None:
         """Listen to ``pool``'s jobs and workers; read its gauges at each scrape."""
@@ -138,16 +130,15 @@ class PoolMetrics:
             self.calls.labels(outcome(job)).inc()
 
     def _worker_changed(self, change: WorkerChange) -> None:
-        """A restart is counted when the slot starts its next process, by
-        then the slot has recorded why the last one went."""
+        """A restart is counted when the slot starts its next process (not
+        when a start fails and is tried again), by the reason the slot
+        recorded when the last one went; a dismissed slot starts none."""
         worker, state = change.worker, change.worker.state
-        if state is WorkerState.DEAD and change.old in EXIT_REASONS:
-            self._exited[worker] = EXIT_REASONS[change.old]
+        had_process = change.old in (WorkerState.IDLE, WorkerState.BUSY, WorkerState.STOPPING)
+        if state is WorkerState.DEAD and had_process and not worker.dismissed:
+            self._exited[worker] = worker.last_exit_reason or ExitReason.CRASH
         elif state is WorkerState.STARTING and worker in self._exited:
-            derived = self._exited.pop(worker)
-            recorded = getattr(worker, "last_exit_reason", None)
-            valid = isinstance(recorded, str) and _LABEL_VALUE.fullmatch(recorded)
-            self.restarts.labels(recorded if valid else derived).inc()
+            self.restarts.labels(self._exited.pop(worker)).inc()
 
 
 def outcome(job: Job) -> str:

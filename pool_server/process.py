@@ -146,6 +146,7 @@ class WorkerProcess:
         self._reply: asyncio.Future[JobOutcome] | None = None
         self._on_progress: Callable[[Progress], None] | None = None
         self.protocol_error: str | None = None  # why we gave up on it, if it broke the protocol
+        self.memory_kill: str | None = None  # why it was killed for its memory, if it was
         loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[Ready] = loop.create_future()
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
@@ -329,10 +330,21 @@ class WorkerProcess:
                 await self._proc.wait()
         await self._close()
 
+    def kill_for_memory(self, why: str) -> None:
+        """SIGKILL the worker, which is over the pool's hard memory limit;
+        its reader sees it go, and :meth:`describe_exit` says ``why``."""
+        if self.memory_kill is not None or self._proc.returncode is not None:
+            return
+        self.memory_kill = why
+        log.warning("worker %d (pid %d) killed: %s", self.worker_id, self.pid, why)
+        self._kill_all()
+
     def describe_exit(self, code: int) -> str:
         """How the worker ended, in words, e.g. "was killed by SIGKILL (...)"."""
         if self.protocol_error is not None:
             return f"broke the line protocol ({self.protocol_error}) and was killed"
+        if self.memory_kill is not None:
+            return f"was killed: {self.memory_kill}"
         if code >= 0:
             return f"exited with code {code}"
         try:

@@ -25,6 +25,8 @@ from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
 from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
 from pool_server.load import LoadReporter
+from pool_server.procfs import rss_bytes
+from pool_server.scaling import WorkerLimits
 from pool_server.supervisor import WorkerPool
 from pool_server.tracker import JobTracker
 from pool_wire.limits import (
@@ -122,12 +124,32 @@ class PoolService(pool_pb2_grpc.PoolServicer):
                     state=w.state.to_proto(),
                     jobs_done=w.jobs_done,
                     restarts=w.restarts,
+                    recycles=w.recycles,
+                    rss_bytes=(rss_bytes(w.pid) or 0) if w.pid else 0,
+                    last_exit_reason=w.last_exit_reason or "",
                 )
                 for w in self._pool.workers
             ],
             queue_length=len(self._pool.queue),
             queue_capacity=self._pool.queue.maxsize,
+            limits=_limits_message(self._pool.autoscaler.limits),
         )
+
+    async def SetWorkerLimits(
+        self, request: pool_pb2.WorkerLimits, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.WorkerLimits:
+        if not _caller().admin:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "changing the pool's worker limits needs an admin token (a token file line "
+                "NAME:TOKEN:admin, or the server's default token)",
+            )
+        try:
+            limits = WorkerLimits(request.min_workers, request.max_workers)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self._pool.autoscaler.set_limits(limits)
+        return _limits_message(limits)
 
     async def Submit(
         self, request: pool_pb2.SubmitRequest, context: grpc.aio.ServicerContext
@@ -301,6 +323,10 @@ async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[N
     except CallError as e:
         context.set_trailing_metadata(e.metadata())
         await context.abort(e.code, str(e))
+
+
+def _limits_message(limits: WorkerLimits) -> pool_pb2.WorkerLimits:
+    return pool_pb2.WorkerLimits(min_workers=limits.min, max_workers=limits.max)
 
 
 def _budget(context: grpc.aio.ServicerContext) -> float | None:

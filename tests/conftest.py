@@ -35,7 +35,7 @@ AUTH_METADATA = (("authorization", f"Bearer {os.environ['POOL_TOKEN']}"),)
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 SERVER_COMMAND = (sys.executable, "-m", "pool_server")
-_STARTUP_LINE = re.compile(rb"serving on (\S+):(\d+) with (\d+) workers")
+_STARTUP_LINE = re.compile(rb"serving on (\S+):(\d+) with (\d+)(?:\.\.\d+)? workers?")
 
 
 def pid_alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ from distribute_client import (
 from distribute_client._servers import Servers
 from pool_proto import orca_pb2, pool_pb2, pool_pb2_grpc
 from pool_server.load import LoadReporter
+from pool_server.scaling import WorkerLimits
 from pool_server.supervisor import WorkerPool
 
 from .conftest import AUTH_METADATA, ServerProcess, StartServer
@@ -297,7 +298,7 @@ def test_grpcs_weighted_round_robin_balances_by_the_servers_orca_reports(
 
 
 def test_the_orca_report_says_utilisation_and_rate() -> None:
-    reporter = LoadReporter(WorkerPool(size=2, queue_size=10, max_queued_bytes=1 << 20))
+    reporter = LoadReporter(WorkerPool(WorkerLimits(2, 2), queue_size=10, max_queued_bytes=1 << 20))
     key, value = reporter.orca_trailer()
     assert key == "endpoint-load-metrics-bin"
     report = orca_pb2.OrcaLoadReport.FromString(value)
