@@ -212,6 +212,8 @@ class Activity:
             "rss_bytes": rss_bytes(worker.pid) if worker.pid else None,
             "jobs_done": worker.jobs_done,
             "restarts": worker.restarts,
+            "recycles": worker.recycles,
+            "last_exit_reason": worker.last_exit_reason or "",
             "call": call,
         }
 

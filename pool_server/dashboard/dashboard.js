@@ -71,7 +71,9 @@ function renderWorkers(workers) {
     const parts = [head, call];
     if (w.call && w.call.progress !== null) parts.push(bar(w.call.progress));
     const stats = el("div", { class: "stats" },
-      `pid ${w.pid || "–"} · RSS ${bytes(w.rss_bytes)} · ${w.jobs_done} done · ${w.restarts} restarts`);
+      `pid ${w.pid || "–"} · RSS ${bytes(w.rss_bytes)} · ${w.jobs_done} done · ` +
+      `${w.restarts} restarts · ${w.recycles} recycles` +
+      (w.last_exit_reason ? ` · last exit: ${w.last_exit_reason}` : ""));
     parts.push(stats);
     tile.replaceChildren(...parts);
   }
