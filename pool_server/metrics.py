@@ -179,6 +179,15 @@ class _PoolCollector(Collector):
         for state in WorkerState:
             by_state.add_metric([state.value], sum(1 for w in workers if w.state is state))
         yield by_state
+        limits = self._pool.autoscaler.limits
+        bounds = GaugeMetricFamily(
+            "pool_worker_limits",
+            "How few (min) and how many (max) workers the pool may have; equal for a fixed pool.",
+            labels=["bound"],
+        )
+        bounds.add_metric(["min"], limits.min)
+        bounds.add_metric(["max"], limits.max)
+        yield bounds
         rss = GaugeMetricFamily(
             "pool_worker_rss_bytes", "Resident memory of each slot's worker.", labels=["slot"]
         )

@@ -203,3 +203,23 @@ def test_a_taken_metrics_port_exits_3(tmp_path: Path) -> None:
         out = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert out.returncode == 3
     assert f"cannot listen on 127.0.0.1:{port} for metrics" in out.stderr
+
+
+def test_recycles_and_worker_limits_are_scraped(start_server: StartServer) -> None:
+    server = start_server(
+        "--min-workers", "1", "--max-workers", "2", "--max-tasks-per-worker", "2",
+        "--metrics-port", "0",
+    )  # fmt: skip
+    url = metrics_url(server)
+    samples = scrape(url)
+    assert value(samples, "pool_worker_limits", bound="min") == 1
+    assert value(samples, "pool_worker_limits", bound="max") == 2
+    remote = compute_this(server.address)(nap)
+    for _ in range(4):
+        remote(0.0).compute()
+    samples = scraped_until(
+        url,
+        "two recycles after four calls on one worker",
+        lambda s: value(s, "pool_worker_restarts_total", reason="recycled-tasks") == 2,
+    )
+    assert value(samples, "pool_worker_restarts_total", reason="crash") == 0
