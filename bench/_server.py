@@ -37,15 +37,17 @@ class Server:
 
 
 @contextmanager
-def pool_server(workers: int, *extra: str) -> Iterator[Server]:
+def pool_server(workers: int | None, *extra: str) -> Iterator[Server]:
     """A pool-server on a free port with a temporary state dir; SIGTERMed at the end.
+    ``workers`` None leaves the pool's size to ``extra`` (``--max-workers``).
 
     It requires a token, as by default: this process (and its children, the
     peer suite's clients) send the one in $POOL_TOKEN, set here if unset.
     """
     os.environ.setdefault("POOL_TOKEN", secrets.token_urlsafe(32))
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as state_dir:
-        command = [sys.executable, "-m", "pool_server", "--workers", str(workers), "--port", "0"]
+        command = [sys.executable, "-m", "pool_server", "--port", "0"]
+        command += ["--workers", str(workers)] if workers is not None else []
         command += ["--log-level", "warning", "--state-dir", state_dir, *extra]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE)
         try:
