@@ -270,10 +270,10 @@ class WorkerPool:
                 worker.recycles += 1
             else:
                 worker.restarts += 1
-            killed = reason is ExitReason.MEMORY_LIMIT
-            if died_idle and not killed and time.monotonic() - started < HEALTHY_AFTER_S:
+            if died_idle and time.monotonic() - started < HEALTHY_AFTER_S:
                 # Dying with no job to blame is the environment's doing (memory
-                # pressure, a broken site module): back off as for failed starts.
+                # pressure, a broken site module, imports alone past the hard
+                # memory limit): back off as for failed starts.
                 log.warning(
                     "worker %d died soon after start; restarting in %.1f s", worker.id, delay
                 )
