@@ -4,7 +4,7 @@
 #                apt-gets the Debian packages some tests use: tools/system-packages)
 #   make bench   install and print the core latency/throughput, job and memory figures
 #                (the peer comparison: python -m bench, after pip install -e '.[bench]')
-#   make proto   regenerate pool_proto/ from proto/pool.proto
+#   make proto   regenerate pool_proto/ from proto/*.proto
 
 PYTHON ?= python3
 VENV := .venv
@@ -48,4 +48,4 @@ bench: install
 
 proto: install
 	$(BIN)/python -m grpc_tools.protoc -Ipool_proto=proto --python_out=. \
-	  --grpc_python_out=. --pyi_out=. proto/pool.proto proto/orca.proto
+	  --grpc_python_out=. --pyi_out=. proto/pool.proto proto/orca.proto proto/challenge.proto

@@ -166,11 +166,12 @@ async def _serve_journaled(
         except OSError as e:
             log.error("cannot listen on %s:%s for metrics: %s", config.host, config.metrics_port, e)
             return EXIT_BIND_FAILED
-        health_servicer = await _start_grpc(server, service)
+        health_servicer = await _start_grpc(server, service, pool, config.serve_original_api)
         print(
             f"pool-server: serving on {config.host}:{port} with {_pool_summary(config)} "
             f"(pid {os.getpid()}; {_security_summary(config, tokens)}"
-            f"{f'; metrics on {web.url}' if web else ''})",
+            f"{f'; metrics on {web.url}' if web else ''}"
+            f"{'; the original RemoteExecuteAPI too' if config.serve_original_api else ''})",
             flush=True,
         )
         expiry = asyncio.create_task(tracker.expire_forever(), name="expiry")
@@ -263,13 +264,20 @@ def _security_summary(config: ServerConfig, tokens: TokenStore | None) -> str:
     return f"{auth}, TLS" + (" with client certificates" if config.tls.client_ca else "")
 
 
-async def _start_grpc(server: grpc.aio.Server, service: PoolService) -> health.aio.HealthServicer:
+async def _start_grpc(
+    server: grpc.aio.Server, service: PoolService, pool: WorkerPool, original_api: bool
+) -> health.aio.HealthServicer:
     pool_pb2_grpc.add_PoolServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    services = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    if original_api:
+        # Imported only when served: its messages would clash with a copy of
+        # the original's own stubs loaded in the same process.
+        from pool_server import original_api as original
+
+        services.append(original.add_to_server(server, service, pool))
+    reflection.enable_server_reflection(services, server)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -137,6 +137,12 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         action="store_true",
         help="allow --auth none on an address other hosts can reach",
     )
+    parser.add_argument(
+        "--serve-original-api",
+        action="store_true",
+        help="also serve the original Go server's RemoteExecuteAPI on the same port, so its "
+        "clients work unchanged (needs --auth none: they cannot send a token)",
+    )
     args = parser.parse_args(argv)
     args.state_dir = args.state_dir or _default_state_dir(parser)
     autoscaled = args.min_workers is not None or args.max_workers is not None
@@ -170,6 +176,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             tls=_tls_files(args),
             insecure_no_auth=args.insecure_no_auth,
             metrics_port=args.metrics_port,
+            serve_original_api=args.serve_original_api,
         )
     except ValueError as e:
         parser.error(str(e))

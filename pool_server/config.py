@@ -55,6 +55,8 @@ class ServerConfig:
     max_workers: int | None = None
     scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY_S
     recycling: RecyclePolicy = field(default_factory=RecyclePolicy)
+    # Also serve the original Go server's RemoteExecuteAPI (pool_server.original_api).
+    serve_original_api: bool = False
 
     def __post_init__(self) -> None:
         self._check_pool()
@@ -79,6 +81,12 @@ class ServerConfig:
                 "machine run code as this server's user; keep the default --auth token "
                 "(clients send the token from `pool-server token`), listen on 127.0.0.1, or "
                 "pass --insecure-no-auth if the network itself is trusted"
+            )
+
+        if self.serve_original_api and self.auth != "none":
+            raise ValueError(
+                "--serve-original-api needs --auth none: the original's clients cannot send "
+                "a token (and off loopback, --insecure-no-auth too)"
             )
 
     def _check_pool(self) -> None:

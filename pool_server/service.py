@@ -188,7 +188,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         async with _status_on_error(context):
             job = await self._tracker.get(_job_id(request), _caller())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_budget(context)):
+                async with asyncio.timeout(call_budget(context)):
                     await asyncio.shield(job.done)
                     await self._tracker.settled(job)  # answered once journaled, if it can be
             if job.state.finished and job.outcome is None and job.error is not None:
@@ -247,7 +247,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     ) -> Job:
         """The finished job of a unary call, or the RPC aborted with why."""
         try:
-            job = await self._run(request, _budget(context), payload)
+            job = await self._run(request, call_budget(context), payload)
         except FunctionNeeded:
             self.calls_failed += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _FUNCTION_NEEDED)
@@ -298,6 +298,19 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             raise job.error
         return job
 
+    async def run_payload(self, payload: bytes, budget: float | None) -> Job:
+        """Run one payload as a call of its own (no retries, no function sent
+        apart), counted as ours are: for the original Go server's Execute."""
+        try:
+            job = await self._run(pool_pb2.RunRequest(), budget, payload)
+        except CallError:
+            self.calls_failed += 1
+            self._load.answered(ok=False)
+            raise
+        self.calls_answered += 1
+        self._load.answered()
+        return job
+
     def _deadline_message(self, job: Job, queued: bool, seconds: float | None) -> str:
         if not queued:
             queue = self._pool.queue
@@ -329,7 +342,8 @@ def _limits_message(limits: WorkerLimits) -> pool_pb2.WorkerLimits:
     return pool_pb2.WorkerLimits(min_workers=limits.min, max_workers=limits.max)
 
 
-def _budget(context: grpc.aio.ServicerContext) -> float | None:
+def call_budget(context: grpc.aio.ServicerContext) -> float | None:
+    """How long the call may take: the client's deadline, less the margin."""
     remaining: float | None = context.time_remaining()
     return None if remaining is None else max(remaining - DEADLINE_MARGIN_S, 0.0)
 

@@ -1,4 +1,4 @@
-"""The committed gRPC modules in pool_proto/ match proto/pool.proto."""
+"""The committed gRPC modules in pool_proto/ match proto/*.proto (as `make proto` makes them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = ("pool_pb2.py", "pool_pb2.pyi", "pool_pb2_grpc.py")
+PROTOS = ("pool.proto", "orca.proto", "challenge.proto")
+GENERATED = (
+    *("pool_pb2.py", "pool_pb2.pyi", "pool_pb2_grpc.py"),
+    *("orca_pb2.py", "orca_pb2.pyi"),  # no service: its _grpc module is empty, not committed
+    *("challenge_pb2.py", "challenge_pb2.pyi", "challenge_pb2_grpc.py"),
+)
 
 
 def test_generated_modules_are_fresh(tmp_path: Path) -> None:
@@ -21,13 +26,11 @@ def test_generated_modules_are_fresh(tmp_path: Path) -> None:
             f"--python_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
-            str(ROOT / "proto" / "pool.proto"),
+            *(str(ROOT / "proto" / name) for name in PROTOS),
         ],
         check=True,
     )
     for name in GENERATED:
         fresh = (tmp_path / "pool_proto" / name).read_text()
         committed = (ROOT / "pool_proto" / name).read_text()
-        assert fresh == committed, (
-            f"pool_proto/{name} is stale: regenerate it (README, Development)"
-        )
+        assert fresh == committed, f"pool_proto/{name} is stale: regenerate it with `make proto`"

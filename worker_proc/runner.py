@@ -44,6 +44,7 @@ from tblib import pickling_support
 from pool_wire.arena import Arena
 from pool_wire.function_cache import FunctionCache
 from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.original import is_original, unwrap
 from pool_wire.payload import (
     BatchOutcome,
     BatchRequest,
@@ -59,22 +60,12 @@ from pool_wire.payload import (
 )
 from pool_wire.protocol import ResultStatus
 from pool_wire.source_files import same_module_functions
+from worker_proc.original import run_original
+from worker_proc.tracebacks import drop_own_frames, trim_tracebacks
 
 T = TypeVar("T")
 
 _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pickled by value
-
-# tblib pickles a traceback as a chain nested one level per frame, so a
-# RecursionError's ~1,000 frames exceed pickle's own recursion limit and the
-# client got a RemoteError instead. A traceback is cut to its first and last
-# frames, which show where the recursion was entered and where it ended; 100
-# pickle (and unpickle) well within the limit.
-TRACEBACK_HEAD_FRAMES = 20
-TRACEBACK_TAIL_FRAMES = 80
-
-# How many chained exceptions (__cause__, __context__) are trimmed; a longer
-# chain is as rare as it is unreadable.
-MAX_CHAINED_EXCEPTIONS = 20
 
 
 @dataclass
@@ -117,7 +108,8 @@ def run_checked(
     functions: Functions | None = None,
     arena: Arena | None = None,
 ) -> tuple[ResultStatus, bytes, T]:
-    """Decode, run and answer one call or a batch, in the payload's own format.
+    """Decode, run and answer one call or a batch, in the payload's own format
+    (ours, JSON, or the original Go server's: ``worker_proc.original``).
 
     ``payload`` may be a view of ``arena``: it is not read once the calls
     start, and return values are pickled into ``arena`` from offset 0 on.
@@ -126,6 +118,9 @@ def run_checked(
     answer is encoded, and its result is returned: mapping the arena opens
     a file descriptor, which would take the slot of one the call closed.
     """
+    if is_original(payload):
+        status, answer = run_original(unwrap(payload))
+        return status, answer, check()
     started_at = time.time()
     json = is_json(bytes(payload[:1]))
     try:
@@ -425,15 +420,15 @@ def _call_outcome(ran: _Ran, values: _Values) -> CallOutcome:
 
 def _encode_json(ran: _Ran) -> bytes:
     if ran.error is not None:
-        _drop_own_frames(ran.error)
+        drop_own_frames(ran.error, __file__)
     error = None if ran.error is None else _error_info(ran.error, ran.context)
     return json_outcome(ran.status, ran.value, error, ran.stdout, ran.stderr)
 
 
 def _pickle_exception(error: BaseException) -> bytes:
     """The exception itself, with its traceback (tblib), or b"" if it won't pickle."""
-    _drop_own_frames(error)
-    _trim_tracebacks(error)
+    drop_own_frames(error, __file__)
+    trim_tracebacks(error)
     # Classes created after start-up (by unpickling) also need tblib's reducer.
     pickling_support.install(error)
     try:
@@ -447,45 +442,6 @@ def _safe_str(error: BaseException) -> str:
         return str(error)
     except Exception:
         return f"<{type(error).__name__} whose str() failed>"
-
-
-def _drop_own_frames(error: BaseException) -> None:
-    """Start the traceback at the user's code, not at this module's frames."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    if tb is not None:
-        error.__traceback__ = tb
-
-
-def _trim_tracebacks(error: BaseException) -> None:
-    """Cut each traceback in ``error``'s chain to its first and last frames,
-    with a note saying how many were left out (see TRACEBACK_HEAD_FRAMES)."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending and len(seen) < MAX_CHAINED_EXCEPTIONS:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        _trim_traceback(current)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-
-
-def _trim_traceback(error: BaseException) -> None:
-    frames: list[types.TracebackType] = []
-    tb = error.__traceback__
-    while tb is not None:
-        frames.append(tb)
-        tb = tb.tb_next
-    omitted = len(frames) - TRACEBACK_HEAD_FRAMES - TRACEBACK_TAIL_FRAMES
-    if omitted <= 0:
-        return
-    frames[TRACEBACK_HEAD_FRAMES - 1].tb_next = frames[-TRACEBACK_TAIL_FRAMES]
-    error.add_note(
-        f"(traceback trimmed by the worker: {omitted} of {len(frames)} frames left out "
-        f"between the first {TRACEBACK_HEAD_FRAMES} and the last {TRACEBACK_TAIL_FRAMES})"
-    )
 
 
 def _error_info(error: BaseException, context: str) -> ErrorInfo:
