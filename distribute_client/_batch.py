@@ -30,7 +30,6 @@ import collections
 import itertools
 import secrets
 import sys
-import types
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -113,7 +112,7 @@ class Mappable(Submittable, Protocol):
     def retry_on(self) -> tuple[str, ...]: ...
 
     @property
-    def _by_value(self) -> types.ModuleType | None: ...
+    def shipped(self) -> _codec.Shipped: ...
 
     def __call__(self, *args: Any, **kwargs: Any) -> _Bound: ...
 
@@ -145,7 +144,7 @@ def encode_chunks(
         calls,
         remote.depmodules,
         remote.retry_on,
-        remote._by_value,
+        remote.shipped,
         function_apart=function_apart,
     )
     if len(chunk.payload) <= MAX_CHUNK_BYTES or len(calls) == 1:

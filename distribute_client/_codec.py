@@ -1,9 +1,14 @@
 """Turn a call into payload bytes, and an outcome back into a value or a raise.
 
-The function's own module travels by value (its code, helpers and globals are
-pickled), unless it is installed in site-packages or the standard library:
-scripts, notebooks and test modules need not exist on the server. Modules it
-imports travel by reference and must be importable there (see depmodules).
+Local code travels by value (its code, helpers and globals are pickled):
+the function's own module, every other module loaded from outside
+site-packages and the standard library (a ``mymodel.py`` beside the script,
+a project's own package, even one installed with ``pip install -e``), and
+the modules named in ``compute_this(ship=[...])``. So scripts, notebooks,
+their helper modules and test modules need not exist on the server, and the
+server never runs a stale copy of them. Installed modules travel by
+reference and must be importable there; this package's own modules always
+do (the server has them).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import cloudpickle
 
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
 from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.module_files import file_digest
 from pool_wire.payload import (
     BatchOutcome,
     BatchRequest,
@@ -45,15 +51,74 @@ _INSTALLED_PREFIXES = tuple(
 )
 
 
-def module_by_value(function: Callable[..., Any]) -> types.ModuleType | None:
-    """The module to pickle by value with ``function``, if any."""
-    module = sys.modules.get(getattr(function, "__module__", None) or "")
-    if module is None or module.__name__ == "__main__":
-        return None  # __main__ is pickled by value already
-    path = getattr(module, "__file__", None)
-    if path is None or os.path.realpath(path).startswith(_INSTALLED_PREFIXES):
-        return None
-    return module
+# This distribution's own packages: on the server already, never shipped.
+_OWN_PACKAGES = frozenset(
+    {
+        "distribute_client",
+        "distribute_challenge",
+        "pool_wire",
+        "pool_server",
+        "worker_proc",
+        "pool_proto",
+        "pool_celery",
+    }
+)
+
+# Whether a module (by name) is local code, decided once per module.
+_local_modules: dict[str, bool] = {}
+
+
+_STDLIB_PREFIXES = tuple(
+    os.path.realpath(sysconfig.get_paths()[key]) + os.sep for key in ("stdlib", "platstdlib")
+)
+
+
+def is_local(module: types.ModuleType) -> bool:
+    """Whether ``module`` is local code that travels by value: Python source
+    outside site-packages and the standard library, not this package's own."""
+    name = module.__name__
+    known = _local_modules.get(name)
+    if known is None:
+        path = getattr(module, "__file__", None)
+        known = _local_modules[name] = (
+            name != "__main__"  # pickled by value already
+            and name.partition(".")[0] not in _OWN_PACKAGES
+            and isinstance(path, str)
+            and path.endswith(".py")
+            and not os.path.realpath(path).startswith(_INSTALLED_PREFIXES)
+            and "site-packages" not in path
+            and "dist-packages" not in path
+        )
+    return known
+
+
+class Shipped:
+    """The modules a function's calls pickle by value: the local ones among
+    those loaded (looked over again whenever more are loaded), and the ones
+    named to ``ship``."""
+
+    def __init__(self, ship: Sequence[types.ModuleType] = ()) -> None:
+        for module in ship:
+            if not isinstance(module, types.ModuleType):
+                raise TypeError(f"ship takes modules, got {type(module).__name__} {module!r}")
+            if module.__name__ == "__main__" or module.__name__.partition(".")[0] in _OWN_PACKAGES:
+                raise ValueError(f"module {module.__name__} cannot be shipped: the server has it")
+        self._ship = tuple(ship)
+        self._loaded = -1  # len(sys.modules) when last looked over
+        self._modules: tuple[types.ModuleType, ...] = self._ship
+
+    def modules(self) -> tuple[types.ModuleType, ...]:
+        if len(sys.modules) != self._loaded:
+            self._loaded = len(sys.modules)
+            local = [m for m in list(sys.modules.values()) if m is not None and is_local(m)]
+            self._modules = tuple({m.__name__: m for m in (*local, *self._ship)}.values())
+        return self._modules
+
+    def names(self) -> frozenset[str]:
+        return frozenset(m.__name__ for m in self.modules())
+
+
+NOTHING_SHIPPED = Shipped()
 
 
 class Encoded(NamedTuple):
@@ -71,26 +136,29 @@ def encode_call(
     kwargs: dict[str, Any],
     depmodules: tuple[str, ...],
     retry_on: tuple[str, ...],
-    by_value: types.ModuleType | None,
+    shipped: Shipped,
     *,
     function_apart: bool = False,
 ) -> Encoded:
     """The call pickled: whole (for a journaled job, which must stand alone),
     or with ``function_apart`` its function beside the payload."""
     name = _name(function)
-    with _pickled_by_value(by_value):
+    modules = shipped.modules()
+    with _pickled_by_value(modules):
         function_bytes = _pickle_function(function)
         try:
             argument_bytes = cloudpickle.dumps((args, kwargs))
         except Exception as e:
             culprit = _unpicklable_argument(args, kwargs)
             raise SerializationError(f"{culprit} of {name} could not be pickled: {e}") from e
-    rest = (depmodules, retry_on, _source_files(function))
+    imported = _imported(depmodules, modules)
+    rest = (imported, retry_on, _source_files(function))
+    files = _module_files(function, imported, modules)
     if not function_apart:
-        whole = CallRequest(function_bytes, argument_bytes, *rest)
+        whole = CallRequest(function_bytes, argument_bytes, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
     key = function_key(function_bytes)
-    request = CallRequest(b"", argument_bytes, *rest, function_hash=key)
+    request = CallRequest(b"", argument_bytes, *rest, function_hash=key, module_files=files)
     return Encoded(_checked(dumps(request), name), key, function_bytes)
 
 
@@ -99,14 +167,15 @@ def encode_batch(
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
     depmodules: tuple[str, ...],
     retry_on: tuple[str, ...],
-    by_value: types.ModuleType | None,
+    shipped: Shipped,
     *,
     function_apart: bool = False,
 ) -> Encoded:
     """Many calls of one function in one payload: the function is pickled
     once, and with ``function_apart`` travels beside the payload."""
     name = _name(function)
-    with _pickled_by_value(by_value):
+    modules = shipped.modules()
+    with _pickled_by_value(modules):
         function_bytes = _pickle_function(function)
         try:
             items = cloudpickle.dumps(calls)
@@ -120,12 +189,14 @@ def encode_batch(
                         f"{culprit} of {name}, item {index} of the batch, could not be pickled: {e}"
                     ) from e
             raise SerializationError(f"the calls to {name} could not be pickled: {e}") from e
-    rest = (depmodules, retry_on, _source_files(function))
+    imported = _imported(depmodules, modules)
+    rest = (imported, retry_on, _source_files(function))
+    files = _module_files(function, imported, modules)
     if not function_apart:
-        whole = BatchRequest(function_bytes, items, *rest)
+        whole = BatchRequest(function_bytes, items, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
     key = function_key(function_bytes)
-    batch = BatchRequest(b"", items, *rest, function_hash=key)
+    batch = BatchRequest(b"", items, *rest, function_hash=key, module_files=files)
     return Encoded(_checked(dumps(batch), name), key, function_bytes)
 
 
@@ -175,16 +246,54 @@ def _checked(payload: bytes, name: str) -> bytes:
 
 
 @contextlib.contextmanager
-def _pickled_by_value(module: types.ModuleType | None) -> Iterator[None]:
-    if module is None:
+def _pickled_by_value(modules: tuple[types.ModuleType, ...]) -> Iterator[None]:
+    if not modules:
         yield
         return
     with _by_value_lock:
-        cloudpickle.register_pickle_by_value(module)
+        registered = cloudpickle.list_registry_pickle_by_value()  # by the caller: left alone
+        added = [m for m in modules if m.__name__ not in registered and m.__name__ in sys.modules]
+        for module in added:
+            cloudpickle.register_pickle_by_value(module)
         try:
             yield
         finally:
-            cloudpickle.unregister_pickle_by_value(module)
+            for module in added:
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+def _imported(
+    depmodules: tuple[str, ...], shipped: tuple[types.ModuleType, ...]
+) -> tuple[str, ...]:
+    """The depmodules the worker must import: a shipped one travels instead."""
+    names = {m.__name__ for m in shipped}
+    return tuple(name for name in depmodules if name not in names)
+
+
+def _module_files(
+    function: Callable[..., Any], depmodules: tuple[str, ...], shipped: tuple[types.ModuleType, ...]
+) -> tuple[tuple[str, str], ...]:
+    """(name, file digest) of the modules the worker imports by reference
+    (depmodules, and modules the function names as globals), outside the
+    standard library: the worker checks its copies against them."""
+    names = set(depmodules)
+    code = getattr(function, "__code__", None)
+    globals_ = getattr(function, "__globals__", {})
+    for name in code.co_names if code is not None else ():
+        value = globals_.get(name)
+        if isinstance(value, types.ModuleType):
+            names.add(value.__name__)
+    skip = {m.__name__ for m in shipped}
+    files = []
+    for name in sorted(names - skip):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if isinstance(path, str) and path.endswith(".py") and not _in_stdlib(path):
+            files.append((name, file_digest(path)))
+    return tuple(files)
+
+
+def _in_stdlib(path: str) -> bool:
+    return os.path.realpath(path).startswith(_STDLIB_PREFIXES)
 
 
 def _unpicklable_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -298,8 +407,9 @@ def _error_for(outcome: CallOutcome, name: str, where: str) -> BaseException:
         advice = ""
         if error.type_name.endswith(_MISSING_CODE_ERRORS):
             advice = (
-                "; a module the function or its arguments need is probably missing on the "
-                "server: install it there or name it in depmodules"
+                "; a module the function or its arguments need is probably not installed on "
+                "the server: install it there (depmodules only imports modules, it does not "
+                "install them), or ship its code with compute_this(ship=[module])"
             )
         return SerializationError(
             f"{where} could not unpickle the call to {name}: {error.message}{advice}"

@@ -37,6 +37,7 @@ class RemoteFunction(Generic[P, R]):
         retry_on: Iterable[type[BaseException]] = (),
         durable: bool = False,
         connect: Mapping[str, Any] | None = None,
+        ship: Iterable[types.ModuleType] = (),
     ) -> None:
         functools.update_wrapper(self, function)
         if retries < 0:
@@ -53,7 +54,7 @@ class RemoteFunction(Generic[P, R]):
         self.retry_on = tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in retry_on)
         self.durable = durable
         self._signature = _signature_of(function)
-        self._by_value = _codec.module_by_value(function)
+        self.shipped = _codec.Shipped(tuple(ship))
 
     @property
     def servers(self) -> Servers:
@@ -179,7 +180,7 @@ class Call(Generic[R]):
             self.kwargs,
             remote.depmodules,
             remote.retry_on,
-            remote._by_value,
+            remote.shipped,
             function_apart=function_apart,
         )
 
@@ -231,6 +232,7 @@ def compute_this(
     server: ServerSpec = None,
     *,
     depmodules: Iterable[types.ModuleType | str] = (),
+    ship: Iterable[types.ModuleType] = (),
     timeout: float | None = None,
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
@@ -248,6 +250,7 @@ def compute_this(
     server: ServerSpec | Callable[P, R] = None,
     *,
     depmodules: Iterable[types.ModuleType | str] = (),
+    ship: Iterable[types.ModuleType] = (),
     timeout: float | None = None,
     retries: int = 0,
     retry_on: Iterable[type[BaseException]] = (),
@@ -269,7 +272,11 @@ def compute_this(
     With several servers, ``policy`` spreads the calls: ``least_loaded``
     (default), ``round_robin``, or ``weighted`` with
     ``weights={"h1:50051": 1, "h2:50051": 2}``.
-    ``depmodules`` are modules (objects or names) the worker imports first.
+    ``depmodules`` are modules (objects or names) the worker imports first;
+    they must be installed on the server. Local code travels with the call
+    instead: the function's module and every module loaded from outside
+    site-packages and the standard library are pickled by value, and so are
+    the modules in ``ship`` (for code installed here but not there).
     ``timeout`` is each call's deadline in seconds, queueing included; for
     submitted jobs it limits each attempt's running time. ``retries`` more
     attempts are made when the worker dies (crash, OOM kill), when the
@@ -295,6 +302,7 @@ def compute_this(
     }
     options: dict[str, Any] = {
         "depmodules": depmodules,
+        "ship": ship,
         "timeout": timeout,
         "retries": retries,
         "retry_on": retry_on,

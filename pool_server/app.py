@@ -148,6 +148,7 @@ async def _serve_journaled(
         config.max_queued_bytes,
         config.recycling,
         config.scale_down_delay,
+        config.workdir,
     ) as pool:
         tracker = JobTracker(pool, writer, config.result_ttl)
         try:

@@ -138,6 +138,14 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="allow --auth none on an address other hosts can reach",
     )
     parser.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="the workers' working directory, and so the first entry of their sys.path, "
+        "where depmodules and modules pickled by reference are imported from "
+        "(default: the server's working directory)",
+    )
+    parser.add_argument(
         "--serve-original-api",
         action="store_true",
         help="also serve the original Go server's RemoteExecuteAPI on the same port, so its "
@@ -177,6 +185,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             insecure_no_auth=args.insecure_no_auth,
             metrics_port=args.metrics_port,
             serve_original_api=args.serve_original_api,
+            workdir=args.workdir.resolve() if args.workdir is not None else None,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -57,6 +57,7 @@ class ServerConfig:
     recycling: RecyclePolicy = field(default_factory=RecyclePolicy)
     # Also serve the original Go server's RemoteExecuteAPI (pool_server.original_api).
     serve_original_api: bool = False
+    workdir: Path | None = None  # the workers' working directory; None: the server's
 
     def __post_init__(self) -> None:
         self._check_pool()
@@ -83,6 +84,11 @@ class ServerConfig:
                 "pass --insecure-no-auth if the network itself is trusted"
             )
 
+        self._check_features()
+
+    def _check_features(self) -> None:
+        if self.workdir is not None and not self.workdir.is_dir():
+            raise ValueError(f"--workdir {self.workdir} is not a directory")
         if self.serve_original_api and self.auth != "none":
             raise ValueError(
                 "--serve-original-api needs --auth none: the original's clients cannot send "

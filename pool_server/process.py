@@ -40,6 +40,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pool_server.cgroup import SlotCgroups
@@ -164,7 +165,11 @@ class WorkerProcess:
         return f"<WorkerProcess worker={self.worker_id} pid={self.pid} rc={self._proc.returncode}>"
 
     @classmethod
-    async def start(cls, worker_id: int, cgroups: SlotCgroups | None = None) -> WorkerProcess:
+    async def start(
+        cls, worker_id: int, cgroups: SlotCgroups | None = None, workdir: Path | None = None
+    ) -> WorkerProcess:
+        """Spawn worker ``worker_id`` in ``workdir`` (its cwd and, as for any
+        ``python -m``, the first entry of its sys.path; None: the server's)."""
         try:
             arena = Arena.create(f"pool-arena-{worker_id}")
         except OSError as e:  # out of file descriptors
@@ -180,6 +185,7 @@ class WorkerProcess:
                 limit=STDOUT_CHUNK_BYTES,
                 start_new_session=True,  # Ctrl-C in the server's terminal is the server's
                 pass_fds=(arena.fd,),
+                cwd=workdir,
             )
         except OSError as e:  # out of file descriptors, processes or memory
             arena.close()

@@ -37,6 +37,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pool_server.cgroup import SlotCgroups, open_slot_cgroups
@@ -148,7 +149,9 @@ class WorkerPool:
         max_queued_bytes: int,
         recycling: RecyclePolicy | None = None,
         scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY_S,
+        workdir: Path | None = None,
     ) -> None:
+        self.workdir = workdir  # the workers' working directory; None: the server's
         self.job_listeners: Listeners[JobChange] = Listeners("jobs")
         self.worker_listeners: Listeners[WorkerChange] = Listeners("workers")
         self.workers: list[Worker] = []
@@ -316,7 +319,7 @@ class WorkerPool:
         while not worker.dismissed:
             _set_state(worker, WorkerState.STARTING)
             try:
-                worker.process = await WorkerProcess.start(worker.id, self._cgroups)
+                worker.process = await WorkerProcess.start(worker.id, self._cgroups, self.workdir)
             except WorkerStartError as e:
                 _set_state(worker, WorkerState.DEAD)
                 log.error("worker %d failed to start: %s; retrying in %.1f s", worker.id, e, delay)
@@ -550,11 +553,12 @@ async def open_pool(
     max_queued_bytes: int,
     recycling: RecyclePolicy | None = None,
     scale_down_delay: float = DEFAULT_SCALE_DOWN_DELAY_S,
+    workdir: Path | None = None,
 ) -> AsyncIterator[WorkerPool]:
     """Start the pool's first ``limits.min`` slots, its autoscaler and, with
     a hard memory limit, its memory watch; on exit stop every worker and
     leave none behind."""
-    pool = WorkerPool(limits, queue_size, max_queued_bytes, recycling, scale_down_delay)
+    pool = WorkerPool(limits, queue_size, max_queued_bytes, recycling, scale_down_delay, workdir)
     pool._cgroups = await open_slot_cgroups(limits.max)
     for _ in range(limits.min):
         pool.add_slot()

@@ -46,9 +46,10 @@ OUT_OF_BAND_BYTES = 64 * 1024
 # framing change, so old payloads are refused by name rather than misread.
 # Version 2 added ``function_hash``, a trailing field with a default, so a
 # version 1 payload (a durable job journaled before an upgrade) still reads;
-# version 3 added ``BatchOutcome.returned``, likewise.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = frozenset({1, 2, 3})
+# version 3 added ``BatchOutcome.returned``, version 4 the requests'
+# ``module_files``, likewise.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = frozenset({1, 2, 3, 4})
 
 _MAGIC = b"\x89PLD"  # not ASCII, so never taken for JSON or text
 _HEADER = struct.Struct(">4sI")  # magic, version
@@ -81,10 +82,19 @@ class CallRequest:
     # function_key): then ``function`` is empty, and the worker takes the
     # function of this key from its cache.
     function_hash: str = ""
+    # (module name, digest of its file on the caller's side) of the modules
+    # that travel by reference: see pool_wire.module_files
+    module_files: tuple[tuple[str, str], ...] = ()
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[CallRequest], tuple[Any, ...]]:
         big = _pickleable(protocol, self.function, self.arguments)
-        rest = (self.depmodules, self.retry_on, self.source_files, self.function_hash)
+        rest = (
+            self.depmodules,
+            self.retry_on,
+            self.source_files,
+            self.function_hash,
+            self.module_files,
+        )
         return CallRequest, (*big, *rest)
 
 
@@ -98,10 +108,17 @@ class BatchRequest:
     retry_on: tuple[str, ...] = ()
     source_files: tuple[tuple[str, str], ...] = ()
     function_hash: str = ""  # as CallRequest's
+    module_files: tuple[tuple[str, str], ...] = ()  # as CallRequest's
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[BatchRequest], tuple[Any, ...]]:
         big = _pickleable(protocol, self.function, self.items)
-        rest = (self.depmodules, self.retry_on, self.source_files, self.function_hash)
+        rest = (
+            self.depmodules,
+            self.retry_on,
+            self.source_files,
+            self.function_hash,
+            self.module_files,
+        )
         return BatchRequest, (*big, *rest)
 
 

@@ -111,8 +111,8 @@ def encode(
     apart: bool = True,
     retry_on: tuple[str, ...] = (),
 ) -> _codec.Encoded:
-    by_value = _codec.module_by_value(function)
-    return _codec.encode_call(function, args, {}, (), retry_on, by_value, function_apart=apart)
+    shipped = _codec.NOTHING_SHIPPED
+    return _codec.encode_call(function, args, {}, (), retry_on, shipped, function_apart=apart)
 
 
 def run_request(call: _codec.Encoded, retries: int = 0) -> pool_pb2.RunRequest:
@@ -289,12 +289,12 @@ async def test_a_map_chunk_runs_in_one_payload(backend: LocalBackend) -> None:
     """A batch payload (a map chunk) answers each of its calls, in order:
     values, and an exception at its own place."""
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((i,), {}) for i in range(10)]
-    chunk = _codec.encode_batch(square, calls, (), (), None, function_apart=True)
+    chunk = _codec.encode_batch(square, calls, (), (), _codec.NOTHING_SHIPPED, function_apart=True)
     outcome, _, _ = await backend.run(run_request(chunk), WAIT_S, chunk.function)
     outcomes = _codec.decode_batch(outcome, "square", "local", len(calls))
     assert [_codec.value_of(o, "square", "local") for o in outcomes] == [i * i for i in range(10)]
 
-    mixed = _codec.encode_batch(fail, [(("a",), {}), (("b",), {})], (), (), None)
+    mixed = _codec.encode_batch(fail, [(("a",), {}), (("b",), {})], (), (), _codec.NOTHING_SHIPPED)
     outcome, _, _ = await backend.run(run_request(mixed), WAIT_S, b"")
     first, second = _codec.decode_batch(outcome, "fail", "local", 2)
     with pytest.raises(ValueError, match="b"):
@@ -367,7 +367,9 @@ async def test_jobs_are_listed_and_counted_by_batch(backend: LocalBackend) -> No
     chunks: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = [
         [((i,), {}) for i in range(n)] for n in (2, 3, 1)
     ]
-    payloads = [_codec.encode_batch(square, c, (), (), None).payload for c in chunks]
+    payloads = [
+        _codec.encode_batch(square, c, (), (), _codec.NOTHING_SHIPPED).payload for c in chunks
+    ]
     job_ids = await submit(backend, *payloads, batch_id="squares", item_counts=[2, 3, 1])
     for job_id, chunk in zip(job_ids, chunks, strict=True):
         reply = await backend.get_result(pool_pb2.JobRef(job_id=job_id), WAIT_S)
@@ -489,7 +491,7 @@ def sleep():
 
 async def main():
     backend = local_backend(2)
-    call = _codec.encode_call(sleep, (), {}, (), (), None)
+    call = _codec.encode_call(sleep, (), {}, (), (), _codec.NOTHING_SHIPPED)
     await backend.submit(pool_pb2.SubmitRequest(payloads=[call.payload]))
     while True:
         workers = (await backend.get_workers(pool_pb2.GetWorkersRequest())).workers

@@ -60,6 +60,7 @@ from pool_wire.payload import (
 )
 from pool_wire.protocol import ResultStatus
 from pool_wire.source_files import same_module_functions
+from worker_proc import freshness
 from worker_proc.original import run_original
 from worker_proc.tracebacks import drop_own_frames, trim_tracebacks
 
@@ -126,7 +127,7 @@ def run_checked(
     try:
         # loads_request reads any buffer (JSON aside), views and all.
         request = loads_request(bytes(payload) if json else payload)  # type: ignore[arg-type]
-        function, calls = _prepare(request, functions)
+        function, calls, warnings = _prepare(request, functions)
     except _ImportFailed as e:
         checked = check()
         ran = _Ran(OutcomeStatus.RAISED, error=e.__cause__)
@@ -145,6 +146,7 @@ def run_checked(
     del request, payload  # views of the arena, which the values will overwrite
     done = _call_all(function, calls, retry_on)
     del calls, function  # only the return values are needed now
+    done[0].stderr = warnings + done[0].stderr
     checked = check()
     return (*_answer(json, done, batch, _Values(arena)), checked)
 
@@ -289,19 +291,30 @@ class _Missing(LookupError):
 
 def _prepare(
     request: CallRequest | BatchRequest | JsonCall, functions: Functions | None
-) -> tuple[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]]]:
-    """The function and its calls' (args, kwargs), unpickled or imported."""
+) -> tuple[Callable[..., Any], list[tuple[tuple[Any, ...], dict[str, Any]]], str]:
+    """The function and its calls' (args, kwargs), unpickled or imported, and
+    the warnings about the modules it uses by reference (``freshness``)."""
     if isinstance(request, JsonCall):
-        return _import_function(request.function), [(tuple(request.args), request.kwargs)]
+        return _import_function(request.function), [(tuple(request.args), request.kwargs)], ""
     for name in request.depmodules:
+        first = name not in sys.modules
         _import(name, f"depmodule {name!r}")
+        if first:
+            freshness.remember(name)
+    try:
+        warnings = freshness.refresh(request.module_files)
+    except BaseException as e:  # an edited module that no longer imports
+        e.add_note(f"while reloading a changed module on worker pid {os.getpid()}")
+        raise _ImportFailed("a changed module") from e
     if request.function_hash:
         function = _cached(request.function_hash, functions, request.source_files)
     else:
         function = _unpickle_function(request.function, request.source_files)
+    for name, _ in request.module_files:  # imported just now, by unpickling, if not before
+        freshness.remember(name)
     if isinstance(request, BatchRequest):
-        return function, list(cloudpickle.loads(request.items))
-    return function, [cloudpickle.loads(request.arguments)]
+        return function, list(cloudpickle.loads(request.items)), warnings
+    return function, [cloudpickle.loads(request.arguments)], warnings
 
 
 def _unpickle_function(
