@@ -42,6 +42,8 @@ class JobStatus:
     batch_id: str
     name: str
     server: str  # the server that holds it
+    items: int = 1  # calls it carries (a map chunk carries many)
+    item_offset: int = 0  # where its first call stands in its batch's input
 
     @property
     def finished(self) -> bool:
@@ -67,6 +69,8 @@ class JobStatus:
             batch_id=status.batch_id,
             name=status.name,
             server=str(server),
+            items=status.items or 1,
+            item_offset=status.item_offset,
         )
 
 
