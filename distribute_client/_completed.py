@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from distribute_client._jobs import Job
 from distribute_client._results import Batch
@@ -67,6 +67,14 @@ async def async_as_completed(
         for wait in waits:
             wait.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
+
+
+@overload
+def as_completed(work: Batch, timeout: float | None = None) -> Iterator[Job[Any]]: ...
+
+
+@overload
+def as_completed(work: Iterable[Job[R]], timeout: float | None = None) -> Iterator[Job[R]]: ...
 
 
 def as_completed(work: Iterable[Job[R]] | Batch, timeout: float | None = None) -> Iterator[Job[R]]:
