@@ -25,6 +25,8 @@ Who owns what, each module importing only those below it::
     _remote     the decorator and calls
     _batch      map
     _client     questions about the server and its jobs; JSON jobs
+    _results    a batch's results, in input order, from any process
+    _completed  as_completed: jobs in the order they finish
     _submit     submitting jobs (one Submit RPC), for all of the above
     _jobs       handles on submitted jobs
     _codec      pickling          _sync      blocking over async
@@ -40,6 +42,8 @@ from distribute_client._batch import Map as Map
 from distribute_client._client import Client as Client
 from distribute_client._client import PoolStatus as PoolStatus
 from distribute_client._client import WorkerInfo as WorkerInfo
+from distribute_client._completed import as_completed as as_completed
+from distribute_client._completed import async_as_completed as async_as_completed
 from distribute_client._jobs import BatchStatus as BatchStatus
 from distribute_client._jobs import Job as Job
 from distribute_client._jobs import JobStatus as JobStatus
@@ -47,6 +51,7 @@ from distribute_client._progress import progress as progress
 from distribute_client._remote import Call as Call
 from distribute_client._remote import RemoteFunction as RemoteFunction
 from distribute_client._remote import compute_this as compute_this
+from distribute_client._results import Batch as Batch
 from distribute_client.errors import AuthenticationError as AuthenticationError
 from distribute_client.errors import CallTimeoutError as CallTimeoutError
 from distribute_client.errors import InvalidRequestError as InvalidRequestError
@@ -68,6 +73,7 @@ from distribute_client.errors import WorkerCrashedError as WorkerCrashedError
 __all__ = [
     "AsyncMap",
     "AuthenticationError",
+    "Batch",
     "BatchStatus",
     "Call",
     "CallTimeoutError",
@@ -93,6 +99,8 @@ __all__ = [
     "ServerUnavailableError",
     "WorkerCrashedError",
     "WorkerInfo",
+    "as_completed",
+    "async_as_completed",
     "compute_this",
     "progress",
 ]

@@ -240,6 +240,7 @@ async def map_chunks(
     chunk submitted as a journaled job of the batch ``batch_id``."""
     outstanding: collections.deque[_Chunk] = collections.deque()
     in_flight = 0
+    offset = 0  # of the next call taken, in the map's input
     name = remote.function.__qualname__
     try:
         while True:
@@ -248,7 +249,9 @@ async def map_chunks(
                 taken = list(itertools.islice(calls, room))
                 if taken:
                     in_flight += len(taken)
-                    outstanding.extend(await _submit_chunks(remote, taken, chunk_size, batch_id))
+                    chunks = await _submit_chunks(remote, taken, chunk_size, batch_id, offset)
+                    outstanding.extend(chunks)
+                    offset += len(taken)
                     continue
             if not outstanding:
                 return
@@ -266,7 +269,7 @@ async def map_chunks(
 
 
 async def _submit_chunks(
-    remote: Mappable, calls: list[Args], chunk_size: int, batch_id: str
+    remote: Mappable, calls: list[Args], chunk_size: int, batch_id: str, offset: int
 ) -> list[_Chunk]:
     chunks = [
         chunk
@@ -274,10 +277,12 @@ async def _submit_chunks(
         for chunk in encode_chunks(remote, calls[i : i + chunk_size])
     ]
     counts = [count for count, _ in chunks]
+    offsets = list(itertools.accumulate(counts[:-1], initial=offset))
     delay = QUEUE_FULL_BACKOFF_MIN_S
     while True:
         try:
-            jobs = await submit(remote, [chunk.payload for _, chunk in chunks], counts, batch_id)
+            payloads = [chunk.payload for _, chunk in chunks]
+            jobs = await submit(remote, payloads, counts, batch_id, offsets)
             break
         except QueueFullError:  # other work fills the queue: wait for room, as a call would
             await asyncio.sleep(delay)

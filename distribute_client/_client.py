@@ -22,6 +22,7 @@ from distribute_client._jobs import (
     JobStatus,
     batch_status,
 )
+from distribute_client._results import Batch
 from distribute_client._servers import Servers, ServerSpec, TokenSpec
 from distribute_client._submit import submit_payloads
 from distribute_client._sync import run_sync
@@ -270,7 +271,10 @@ class Client:
         a batch: at most ``limit``, of all servers together."""
         return run_sync(self.async_jobs(state, batch_id, limit))
 
-    async def async_batch(self, batch_id: str) -> BatchStatus:
+    async def async_batch(self, batch_id: str) -> Batch:
+        return Batch(await self._batch_status(batch_id), self)
+
+    async def _batch_status(self, batch_id: str) -> BatchStatus:
         request = pool_pb2.BatchRef(batch_id=batch_id)
         single = self.servers.single
         if single is not None:
@@ -298,9 +302,10 @@ class Client:
         except JobNotFoundError:
             return None
 
-    def batch(self, batch_id: str) -> BatchStatus:
+    def batch(self, batch_id: str) -> Batch:
         """A batch's jobs per state and its completion percentage (done /
-        total), over every server that holds some of it."""
+        total), over every server that holds some of it; its ``results()``
+        are the values of the map's calls, in input order, from any process."""
         return run_sync(self.async_batch(batch_id))
 
 

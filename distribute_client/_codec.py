@@ -315,9 +315,29 @@ def decode_outcome(data: bytes | bytearray, name: str, where: str) -> Any:
     if is_json(data):
         return _decode_json_outcome(data)
     outcome = _load_outcome(data, name, where)
-    if isinstance(outcome, BatchOutcome):
-        raise ProtocolError(f"{where} answered one call to {name} with a batch")
+    if isinstance(outcome, BatchOutcome):  # a map chunk's job: its values, as map gives them
+        return [value_of(item, name, where) for item in _batch_items(outcome, name, where)]
     return value_of(outcome, name, where)
+
+
+def decode_items(data: bytes | bytearray, name: str, where: str) -> list[Any]:
+    """Every call's value in order (one for a plain job, each of a map
+    chunk's), with the exception in place of each call that raised, as
+    ``asyncio.gather(return_exceptions=True)`` gives them."""
+    if is_json(data):
+        try:
+            return [_decode_json_outcome(data)]
+        except Exception as e:
+            return [e]
+    outcome = _load_outcome(data, name, where)
+    items = [outcome] if isinstance(outcome, CallOutcome) else _batch_items(outcome, name, where)
+    settled: list[Any] = []
+    for item in items:
+        try:
+            settled.append(value_of(item, name, where))
+        except Exception as e:
+            settled.append(e)
+    return settled
 
 
 class Returned(NamedTuple):
@@ -338,6 +358,14 @@ def decode_batch(
     outcome = _load_outcome(data, name, where)
     if isinstance(outcome, CallOutcome):
         return [outcome] * count
+    return _batch_items(outcome, name, where, count)
+
+
+def _batch_items(
+    outcome: BatchOutcome, name: str, where: str, count: int | None = None
+) -> list[CallOutcome] | list[Returned]:
+    """A batch's outcomes, one per call; ``count`` is how many there must be
+    (None: as many as it holds)."""
     if outcome.returned is not None:
         try:
             values = cloudpickle.loads(outcome.returned)
@@ -346,10 +374,10 @@ def decode_batch(
                 f"the return values of {name} could not be unpickled here: {e}; "
                 "return types defined only on the server cannot be rebuilt by the client"
             ) from e
-        if not isinstance(values, list) or len(values) != count:
+        if not isinstance(values, list) or len(values) != (count or len(values)):
             raise ProtocolError(f"{where} answered {count} calls to {name} with another count")
         return [Returned(value) for value in values]
-    if len(outcome.outcomes) != count:
+    if count is not None and len(outcome.outcomes) != count:
         raise ProtocolError(f"{where} answered {len(outcome.outcomes)} of {count} calls to {name}")
     return outcome.outcomes
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from distribute_client import _codec, _transport
 from distribute_client._sync import run_sync
-from distribute_client.errors import CallTimeoutError, SerializationError
+from distribute_client.errors import (
+    CallTimeoutError,
+    JobCancelledError,
+    JobInterruptedError,
+    JobTimedOutError,
+    PoolError,
+    SerializationError,
+    WorkerCrashedError,
+)
 from pool_proto import pool_pb2
 from pool_wire.names import JobState
 from pool_wire.payload import is_json
@@ -42,6 +50,8 @@ class JobStatus:
     batch_id: str
     name: str
     server: str  # the server that holds it
+    items: int = 1  # calls it carries (a map chunk carries many)
+    item_offset: int = 0  # where its first call stands in its batch's input
 
     @property
     def finished(self) -> bool:
@@ -67,6 +77,8 @@ class JobStatus:
             batch_id=status.batch_id,
             name=status.name,
             server=str(server),
+            items=status.items or 1,
+            item_offset=status.item_offset,
         )
 
 
@@ -120,14 +132,40 @@ class Job(Generic[R]):
         unpickle: bool = True,
     ) -> R:
         status, outcome = await self.async_outcome(timeout)
+        self._check_unpicklable(outcome, unpickle)
+        value: R = _codec.decode_outcome(outcome, self.name, self.where(status))
+        return value
+
+    async def async_results(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - as result()
+        *,
+        unpickle: bool = True,
+    ) -> list[Any]:
+        try:
+            status, outcome = await self.async_outcome(timeout)
+        except PoolError as error:
+            if not _finished_without_outcome(error):
+                raise
+            return [error] * (await self.async_status()).items
+        self._check_unpicklable(outcome, unpickle)
+        return _codec.decode_items(outcome, self.name, self.where(status))
+
+    def results(self, timeout: float | None = None, *, unpickle: bool = True) -> list[Any]:
+        """Wait for the job and return the values of every call it carries
+        (one for a submitted call, each of a map chunk's in order), with the
+        exception in place of each call that raised, or of every call when
+        the job itself failed (a crash, its time limit, a cancel);
+        CallTimeoutError if ``timeout`` passes first."""
+        return run_sync(self.async_results(timeout, unpickle=unpickle))
+
+    def _check_unpicklable(self, outcome: bytes, unpickle: bool) -> None:
         if not unpickle and not is_json(outcome):
             raise SerializationError(
                 f"the result of job {self.id} is a pickle (the job was submitted from Python); "
                 "unpickling it runs whatever code its submitter chose, so it was not unpickled "
                 "(pass unpickle=True, or pool-client result --unpickle, if you trust them)"
             )
-        value: R = _codec.decode_outcome(outcome, self.name, self.where(status))
-        return value
 
     async def async_outcome(self, timeout: float | None = None) -> tuple[JobStatus, bytes]:  # noqa: ASYNC109 - as result()
         """Wait for the job; its final status and the worker's undecoded outcome.
@@ -177,6 +215,14 @@ class Job(Generic[R]):
 
     def _status(self, status: pool_pb2.JobStatus) -> JobStatus:
         return JobStatus.from_proto(status, self.address, self.id)
+
+
+def _finished_without_outcome(error: PoolError) -> bool:
+    """The server's answer for a job that ended without an outcome (as
+    opposed to one that could not be asked, or is not finished yet)."""
+    if isinstance(error, JobTimedOutError):
+        return True
+    return isinstance(error, WorkerCrashedError | JobInterruptedError | JobCancelledError)
 
 
 def batch_status(reply: pool_pb2.BatchStatus) -> BatchStatus:

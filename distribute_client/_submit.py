@@ -35,7 +35,11 @@ class Submittable(Protocol):
 
 
 async def submit(
-    remote: Submittable, payloads: list[bytes], item_counts: list[int], batch_id: str
+    remote: Submittable,
+    payloads: list[bytes],
+    item_counts: list[int],
+    batch_id: str,
+    item_offsets: Sequence[int] = (),
 ) -> list[Job[Any]]:
     """Submit one job per payload of ``remote``'s function in one RPC; all are
     accepted or none.
@@ -50,6 +54,7 @@ async def submit(
         time_limit_s=(remote.timeout or 0.0) * max(item_counts),
         batch_id=batch_id,
         item_counts=item_counts,
+        item_offsets=item_offsets,
     )
 
 
@@ -62,12 +67,14 @@ async def submit_payloads(
     time_limit_s: float = 0.0,
     batch_id: str = "",
     item_counts: Sequence[int] = (),
+    item_offsets: Sequence[int] = (),
 ) -> list[Job[Any]]:
     """One job per payload (pickled or JSON), in one Submit RPC to one of
     ``servers`` (chosen as a call's server would be).
 
     ``time_limit_s`` limits each attempt's running time (0 for none);
-    ``item_counts`` is the number of calls each payload carries (empty: one each).
+    ``item_counts`` is the number of calls each payload carries (empty: one
+    each), ``item_offsets`` where each one's first call stands in its batch.
     """
     request = pool_pb2.SubmitRequest(
         payloads=payloads,
@@ -76,6 +83,7 @@ async def submit_payloads(
         batch_id=batch_id,
         name=name,
         item_counts=item_counts,
+        item_offsets=item_offsets,
     )
     reply, address = await _balancer.on_one(
         servers, lambda address: _transport.submit(address, request, _transport.SUBMIT_TIMEOUT_S)

@@ -3,6 +3,7 @@
     pool-client workers
     pool-client submit mypkg.sims:run 42 '{"steps": 10}' --kwargs '{"seed": 7}'
     pool-client status JOB_ID | result JOB_ID | cancel JOB_ID | watch JOB_ID
+    pool-client result --unpickle BATCH_ID    (or a map chunk's JOB_ID)
     pool-client jobs --state RUNNING
     pool-client batch BATCH_ID
     pool-client load --rps 50 --duration 10 --function sleep:10
@@ -10,13 +11,15 @@
 ``submit`` sends a JSON call: the function is imported *on the server* by
 name, each ARG is a JSON value (text that is not JSON is taken as a string),
 so no pickling happens here; ``result`` reads JSON results, and pickled ones
-(submitted from Python) only with ``--unpickle``. Output is for people; ``--json`` prints JSON
-for scripts (a job's id is ``id`` in all of it). Exit codes: 0 done, 1 the
-job failed (its error is printed), 2 bad usage (a malformed --server or
-$POOL_SERVER among it), 3 not finished in time, 4 cancelled, 5 no such job,
-6 no server (or it is shutting down, or cannot reach its journal), 7 the
-server refused the token (or none was found), 8 ``load`` achieved less than
-95% of the rate it offered.
+(submitted from Python) only with ``--unpickle``. ``result`` of a map
+chunk's job or of a batch prints one line per call in input order: its value
+as JSON, or ``error: Type: message`` where it raised (exit 1 if any did).
+Output is for people; ``--json`` prints JSON for scripts (a job's id is
+``id`` in all of it). Exit codes: 0 done, 1 the job failed (its error is
+printed), 2 bad usage (a malformed --server or $POOL_SERVER among it), 3
+not finished in time, 4 cancelled, 5 no such job, 6 no server (or it is
+shutting down, or cannot reach its journal), 7 the server refused the token
+(or none was found), 8 ``load`` achieved less than 95% of the rate it offered.
 
 Only the public client API is used here: what this tool does, a script can.
 """
@@ -141,12 +144,16 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--timeout", type=float, default=0.0, help="limit per attempt, seconds")
     for name, function, help in (
         ("status", _status, "show a job's state and progress"),
-        ("result", _result, "wait for a job and print its result"),
+        ("result", _result, "wait for a job (or a batch) and print its result(s)"),
         ("cancel", _cancel, "cancel a job"),
         ("watch", _watch, "follow a job's progress until it finishes"),
     ):
         sub = command(name, function, help)
-        sub.add_argument("job_id", metavar="JOB_ID")
+        sub.add_argument(
+            "job_id",
+            metavar="BATCH_OR_JOB_ID" if name == "result" else "JOB_ID",
+            help="a job's id; for result, also a batch's (each call of a map on a line)",
+        )
         if name == "result":
             sub.add_argument("--timeout", type=float, help="give up after this many seconds")
             sub.add_argument(
@@ -346,17 +353,63 @@ def _status(client: Client, args: argparse.Namespace) -> int:
 
 def _result(client: Client, args: argparse.Namespace) -> int:
     try:
-        value = client.job(args.job_id).result(timeout=args.timeout, unpickle=args.unpickle)
+        return _print_result(client, args)
     except SerializationError as e:
         if args.unpickle:
             raise
         print(f"pool-client: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _print_result(client: Client, args: argparse.Namespace) -> int:
+    """A job's value; a map chunk's or a whole batch's calls, one line each."""
+    try:
+        job = client.job(args.job_id)
+        in_batch = bool(job.status().batch_id)
+    except JobNotFoundError as not_a_job:
+        try:
+            batch = client.batch(args.job_id)
+        except JobNotFoundError:
+            raise not_a_job from None
+        return _print_items(args, batch.results(timeout=args.timeout, unpickle=args.unpickle))
+    if in_batch:
+        return _print_items(args, job.results(timeout=args.timeout, unpickle=args.unpickle))
+    value = job.result(timeout=args.timeout, unpickle=args.unpickle)
     if args.json:
         _print_json({"id": args.job_id, "value": value})
     else:
         print(value if isinstance(value, str) else json.dumps(value, default=repr))
     return EXIT_OK
+
+
+def _print_items(args: argparse.Namespace, items: list[Any]) -> int:
+    """Each call's value as JSON, or ``error: Type: message`` where it raised;
+    exit 1 if any did."""
+    failed = [isinstance(item, BaseException) for item in items]
+    if args.json:
+        entries = [
+            {"error": _error_fields(item)} if bad else {"value": item}
+            for item, bad in zip(items, failed, strict=True)
+        ]
+        _print_json({"id": args.job_id, "results": entries})
+    else:
+        for item, bad in zip(items, failed, strict=True):
+            if bad:
+                error = _error_fields(item)
+                print(f"error: {error['type']}: {error['message']}")
+            else:
+                print(json.dumps(item, default=repr))
+    return EXIT_JOB_FAILED if any(failed) else EXIT_OK
+
+
+def _error_fields(error: BaseException) -> dict[str, str]:
+    """As a failed job's status spells it: ``ValueError``, ``mypkg.Refused``."""
+    if isinstance(error, RemoteError):
+        type_name, message = error.type_name, error.message
+    else:
+        kind = type(error)
+        type_name, message = f"{kind.__module__}.{kind.__qualname__}", str(error)
+    return {"type": type_name.removeprefix("builtins."), "message": message}
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
@@ -390,7 +443,7 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
 def _batch(client: Client, args: argparse.Namespace) -> int:
     batch = client.batch(args.batch_id)
     if args.json:
-        _print_json(dataclasses.asdict(batch))
+        _print_json(dataclasses.asdict(batch.status))
         return EXIT_OK
     states = ", ".join(f"{count} {state}" for state, count in sorted(batch.states.items()))
     print(f"batch {batch.batch_id}: {batch.percent_done:.1f}% done of {batch.total} ({states})")

@@ -222,20 +222,22 @@ class GetWorkersReply(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., limits: _Optional[_Union[WorkerLimits, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name", "item_counts")
+    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name", "item_counts", "item_offsets")
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_OFFSETS_FIELD_NUMBER: _ClassVar[int]
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     retries: int
     time_limit_s: float
     batch_id: str
     name: str
     item_counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., item_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    item_offsets: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., item_counts: _Optional[_Iterable[int]] = ..., item_offsets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("job_ids",)
@@ -250,7 +252,7 @@ class JobRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("id", "state", "progress", "message", "attempts", "max_attempts", "worker_id", "created_at", "started_at", "finished_at", "error", "batch_id", "name")
+    __slots__ = ("id", "state", "progress", "message", "attempts", "max_attempts", "worker_id", "created_at", "started_at", "finished_at", "error", "batch_id", "name", "items", "item_offset")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +266,8 @@ class JobStatus(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_OFFSET_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     progress: float
@@ -277,7 +281,9 @@ class JobStatus(_message.Message):
     error: str
     batch_id: str
     name: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    items: int
+    item_offset: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., items: _Optional[int] = ..., item_offset: _Optional[int] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("status", "outcome")

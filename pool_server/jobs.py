@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from pool_server.errors import CallError, JobCancelled, JobInterrupted, JobTimedOut
 from pool_server.events import Listeners
-from pool_wire.limits import MAX_PROGRESS_MESSAGE_CHARS
+from pool_wire.limits import MAX_ERROR_SUMMARY_CHARS, MAX_PROGRESS_MESSAGE_CHARS
 from pool_wire.names import JobState
 from pool_wire.protocol import ResultStatus
 
@@ -106,6 +106,7 @@ class Job:
     batch_id: str = ""
     name: str = ""
     items: int = 1  # calls it carries: a map chunk carries many
+    item_offset: int = 0  # where its first call stands in its batch's input
     owner: str = DEFAULT_OWNER  # the name of the token that submitted it
     # The pickled function, when it travels beside the payload (which then
     # names it by function_hash): handed to each worker that lacks it.
@@ -123,6 +124,9 @@ class Job:
     finished_at: float = 0.0
     outcome: bytes | None = None  # the worker's answer, when there is one
     error: CallError | None = None  # why it finished without an outcome
+    # A FAILED outcome's exception as text ("ValueError: bad input"), as its
+    # worker summed it up: the server never unpickles the outcome itself.
+    raised: str = ""
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -135,6 +139,11 @@ class Job:
     def __repr__(self) -> str:
         where = f" on worker {self.worker_id}" if self.state is JobState.RUNNING else ""
         return f"<Job {self.id} {self.state.value}{where} attempt {self.attempts}>"
+
+    @property
+    def error_text(self) -> str:
+        """Why it failed, for status views: its error, or its exception's summary."""
+        return str(self.error) if self.error is not None else self.raised
 
     @property
     def attempts_left(self) -> bool:
@@ -154,14 +163,16 @@ class Job:
         self.worker_id, self.worker_pid = worker_id, worker_pid
         self._move(JobState.RUNNING)
 
-    def answered(self, status: ResultStatus, outcome: bytes) -> bool:
+    def answered(self, status: ResultStatus, outcome: bytes, raised: str = "") -> bool:
         """Its worker answered: DONE, FAILED, or (an exception listed in
-        retry_on, with attempts left) queued again. True: put it back in the queue."""
+        retry_on, with attempts left) queued again. True: put it back in the
+        queue. ``raised`` sums up the exception of a failed call."""
         if self.state.finished:  # cancelled just as the answer came
             return False
         if status is ResultStatus.RETRY and self.attempts_left:
             return self._try_again("it raised an exception listed in retry_on")
         self.outcome = outcome
+        self.raised = raised[:MAX_ERROR_SUMMARY_CHARS]
         self._move(JobState.DONE if status is ResultStatus.OK else JobState.FAILED)
         return False
 

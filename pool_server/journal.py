@@ -24,7 +24,9 @@ more open by an older version is closed up at start: the journal holds
 pickles that run after a restart, and other users' results.
 
 Schema versions: 1 had no ``owner`` column; version 2 adds it, with the
-existing rows owned by ``default`` (the name of an unnamed token).
+existing rows owned by ``default`` (the name of an unnamed token); version 3
+adds ``item_offset``, where a map chunk's first call stands in its batch
+(0 for the rows before it).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ PAYLOAD_DIR = "payloads"
 # (holding the GIL, so stalling the event loop) and then write it twice
 # (WAL, then checkpoint).
 FILE_PAYLOAD_BYTES = 1024 * 1024
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Only the server's user may read or write what the state dir holds.
 FILE_MODE = 0o600
@@ -85,7 +87,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
-    owner TEXT NOT NULL DEFAULT 'default'
+    owner TEXT NOT NULL DEFAULT 'default',
+    item_offset INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
@@ -98,12 +101,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # From each schema version to the next, in one transaction with the bump.
 _MIGRATIONS = {
     1: f"ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '{DEFAULT_OWNER}'",
+    2: "ALTER TABLE jobs ADD COLUMN item_offset INTEGER NOT NULL DEFAULT 0",
 }
 
 _COLUMNS = (
     "id, batch_id, name, items, state, payload, outcome, error_kind, error, exit_code, attempts, "
     "max_attempts, time_limit, worker_id, progress, message, created_at, started_at, finished_at, "
-    "owner"
+    "owner, item_offset"
 )
 _COLUMN_COUNT = _COLUMNS.count(",") + 1
 
@@ -144,6 +148,8 @@ def snapshot(job: Job) -> Snapshot:
         error_kind, error = job.error.kind.value, str(job.error)
         if isinstance(job.error, WorkerCrashed):
             exit_code = job.error.exit_code
+    elif job.raised:  # no error kind: the outcome holds the exception
+        error = job.raised
     return (
         job.state.value,
         job.outcome,
@@ -462,6 +468,7 @@ def new_row(job: Job) -> Row:
         job.started_at,
         job.finished_at,
         job.owner,
+        job.item_offset,
     )
 
 
@@ -499,11 +506,14 @@ def _job(row: Record) -> Job:
         finished_at=row["finished_at"],
         outcome=row["outcome"],
         owner=row["owner"],
+        item_offset=row["item_offset"],
     )
     if row["error_kind"]:
         job.error = error_from_record(
             row["error_kind"], row["error"], job.worker_id, row["exit_code"]
         )
+    else:
+        job.raised = row["error"] or ""
     if job.state.finished:
         job.done.set_result(None)
     return job

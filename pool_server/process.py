@@ -58,6 +58,7 @@ from pool_wire.protocol import (
     Message,
     Progress,
     ProtocolError,
+    Raised,
     Ready,
     ResultStatus,
     Retiring,
@@ -140,6 +141,8 @@ class WorkerProcess:
         self.outcomes_from_arena = 0  # RESULTREF lines
         # Why the worker asked to be replaced after its current job, if it did.
         self.retiring: str | None = None
+        # The RAISED summary of the current job's exception, if its call failed.
+        self.raised = ""
         self._output_job: str | None = None  # whose output fds 1 and 2 carry; None: start-up
         self._output_left = OUTPUT_CAP_BYTES
         self._output_dropped = 0
@@ -240,6 +243,7 @@ class WorkerProcess:
             reply.set_exception(WorkerDied())
             return reply
         self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
+        self.raised = ""
         self._start_output(job_id)
         job = self._job_line(job_id, payload)
         lines: list[Message] = [job]
@@ -427,19 +431,8 @@ class WorkerProcess:
         if not self._ready.done():
             self._handle_ready(message)
             return
-        if isinstance(message, Progress):
-            if self._on_progress is not None and message.job_id == self._job_id:
-                self._on_progress(message)
-            return
-        if isinstance(message, Retiring):
-            log.info(
-                "worker %d (pid %d) asks to be replaced after job %s: %s",
-                self.worker_id,
-                self.pid,
-                message.job_id,
-                message.reason,
-            )
-            self.retiring = message.reason
+        if isinstance(message, Progress | Retiring | Raised):
+            self._handle_aside(message)
             return
         if isinstance(message, ArenaOutcome):
             message = self._from_arena(message)
@@ -455,6 +448,23 @@ class WorkerProcess:
             message = JobOutcome(message.job_id, ResultStatus.ERROR, message.outcome)
         self._release_arena()
         self._reply.set_result(message)
+
+    def _handle_aside(self, message: Progress | Retiring | Raised) -> None:
+        """A line about the running job that is not its answer."""
+        if isinstance(message, Progress):
+            if self._on_progress is not None and message.job_id == self._job_id:
+                self._on_progress(message)
+        elif isinstance(message, Retiring):
+            log.info(
+                "worker %d (pid %d) asks to be replaced after job %s: %s",
+                self.worker_id,
+                self.pid,
+                message.job_id,
+                message.reason,
+            )
+            self.retiring = message.reason
+        elif message.job_id == self._job_id:
+            self.raised = message.summary
 
     def _from_arena(self, message: ArenaOutcome) -> JobOutcome:
         """The outcome the worker left in the arena, copied out: the arena is

@@ -165,6 +165,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
                 batch_id=_text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS),
                 name=_text("name", request.name, MAX_NAME_CHARS),
                 item_counts=list(request.item_counts),
+                item_offsets=list(request.item_offsets),
             )
         self.jobs_submitted += len(jobs)
         return pool_pb2.SubmitReply(job_ids=[job.id for job in jobs])
@@ -441,7 +442,9 @@ def _status(job: Job) -> pool_pb2.JobStatus:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        error=str(job.error) if job.error is not None else "",
+        error=job.error_text,
         batch_id=job.batch_id,
         name=job.name,
+        items=job.items,
+        item_offset=job.item_offset,
     )

@@ -406,7 +406,7 @@ class WorkerPool:
             job.timed_out()  # unless it was cancelled
             await process.kill()
             return False
-        if job.answered(reply.status, reply.outcome):
+        if job.answered(reply.status, reply.outcome, process.raised):
             self.queue.requeue(job)
         worker.jobs_done += 1
         worker.job = None

@@ -91,6 +91,7 @@ class JobTracker:
         batch_id: str,
         name: str,
         item_counts: list[int],
+        item_offsets: list[int] | None = None,
     ) -> list[Job]:
         """Journal and queue new jobs, all or none; never waits for room.
 
@@ -100,6 +101,9 @@ class JobTracker:
         if not payloads or not all(payloads):
             raise InvalidCall("Submit needs at least one payload, and no empty payloads")
         _check_item_counts(item_counts, len(payloads))
+        offsets = item_offsets or [0] * len(payloads)
+        if len(offsets) != len(payloads) or max(offsets) >= 2**63:
+            raise InvalidCall("item_offsets needs one offset (below 2**63) per payload, or none")
         if time_limit is not None and time_limit < 0:
             raise InvalidCall(f"time limit must be 0 (none) or more seconds, got {time_limit}")
         self._check_room(payloads)
@@ -113,10 +117,13 @@ class JobTracker:
                 batch_id=batch_id,
                 name=name,
                 items=items,
+                item_offset=offset,
                 owner=owner,
                 listeners=self._pool.job_listeners,
             )
-            for payload, items in zip(payloads, item_counts or [1] * len(payloads), strict=True)
+            for payload, items, offset in zip(
+                payloads, item_counts or [1] * len(payloads), offsets, strict=True
+            )
         ]
         # Once committed the jobs must be queued, even if the caller has gone.
         size = sum(len(payload) for payload in payloads)

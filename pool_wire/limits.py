@@ -42,6 +42,9 @@ MAX_NAME_CHARS = 1024
 # A progress message is kept with its job and listed like a name; a longer
 # one is cut (the function's own report, so cutting it refuses nobody).
 MAX_PROGRESS_MESSAGE_CHARS = 1024
+# A failed job's exception as text ("Type: message") is kept and listed the
+# same way; the whole exception stays in its outcome.
+MAX_ERROR_SUMMARY_CHARS = 1024
 
 # Further attempts a call may ask for. Each retry after a crash costs a worker
 # restart; 100 is more than any flaky function needs, and keeps max_attempts

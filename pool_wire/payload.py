@@ -38,6 +38,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, SupportsIndex
 
+from pool_wire.limits import MAX_ERROR_SUMMARY_CHARS
+
 # Pickled user objects this large travel out of band; smaller ones are not
 # worth the bookkeeping.
 OUT_OF_BAND_BYTES = 64 * 1024
@@ -265,6 +267,14 @@ def loads_outcome(data: bytes | bytearray) -> CallOutcome | BatchOutcome:
     if not isinstance(message, CallOutcome | BatchOutcome):
         raise TypeError(f"expected a CallOutcome, got {type(message).__name__}")
     return message
+
+
+def error_summary(error: ErrorInfo) -> str:
+    """``Type: message`` of a remote error, for status views (a builtin's type
+    without its module: ``ValueError: bad input``), cut to a listing's size."""
+    type_name = error.type_name.removeprefix("builtins.")
+    text = f"{type_name}: {error.message}" if error.message else type_name
+    return text[:MAX_ERROR_SUMMARY_CHARS]
 
 
 def json_outcome(

@@ -10,6 +10,7 @@ worker both use these functions, so the format lives in exactly one place.
     server -> worker   JOBREF <job-id> <offset> <length>                 (payload in the arena)
     worker -> server   PROGRESS <job-id> <fraction or -> <base64 message>   (any number)
     worker -> server   RETIRING <job-id> <base64 reason>                    (rarely)
+    worker -> server   RAISED <job-id> <base64 "Type: message">             (a failed call)
     worker -> server   RESULT <job-id> <ok|error|retry|missing> <base64 outcome>
     worker -> server   RESULTREF <job-id> <status> <offset> <length>     (outcome in the arena)
 
@@ -19,7 +20,12 @@ RESULT, and the server replaces it before it takes the next job. It must
 come first, not after: a line after the RESULT could arrive after the
 server had sent that worker the next job.
 
-The RESULT status is all the server learns of an outcome it never unpickles:
+RAISED comes just before the RESULT of a call that failed: the type and
+message of its exception, as text, so that a FAILED job's status, listing
+and JSON say why (issue 15) although the server never unpickles the
+outcome that holds the exception itself.
+
+The RESULT status is all else the server learns of an outcome it never unpickles:
 ``error`` means the call failed, ``retry`` that it failed with an exception
 the caller asked to retry on, ``missing`` that the payload named a function
 by key (``function_hash``) that the worker does not have: the outcome is a
@@ -54,7 +60,8 @@ from pool_wire.arena import Span
 from pool_wire.limits import MAX_PAYLOAD_BYTES
 
 # 4: FUNCTION, JOBREF and RESULTREF lines, and the ``missing`` status (issue 10).
-PROTOCOL_VERSION = 4
+# 5: RAISED lines (issue 15).
+PROTOCOL_VERSION = 5
 
 # base64 grows data by 4/3; 128 bytes cover the kind token, ids and newline.
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
@@ -62,7 +69,14 @@ MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
 _MAX_KIND_LEN = 16  # the longest kind token, RESULTREF, with room to spare
 
 # How many space-separated fields come between a kind and its base64 part.
-_BODY_FIELDS = {b"FUNCTION": 1, b"JOB": 1, b"PROGRESS": 2, b"RETIRING": 1, b"RESULT": 2}
+_BODY_FIELDS = {
+    b"FUNCTION": 1,
+    b"JOB": 1,
+    b"PROGRESS": 2,
+    b"RETIRING": 1,
+    b"RAISED": 1,
+    b"RESULT": 2,
+}
 
 # Lines of fields only, and how many fields each has.
 _REF_FIELDS = {b"JOBREF": 3, b"RESULTREF": 4}
@@ -162,8 +176,25 @@ class Retiring:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """The call of ``job_id`` failed with this exception: ``summary`` is its
+    type and message as text (``ValueError: bad input``), for status views."""
+
+    job_id: str
+    summary: str
+
+
 Message = (
-    Ready | FunctionBytes | JobRequest | ArenaJob | Progress | Retiring | JobOutcome | ArenaOutcome
+    Ready
+    | FunctionBytes
+    | JobRequest
+    | ArenaJob
+    | Progress
+    | Retiring
+    | Raised
+    | JobOutcome
+    | ArenaOutcome
 )
 
 
@@ -211,6 +242,8 @@ def _head_and_body(message: Message) -> tuple[bytes, bytes]:
             return b"PROGRESS %s %s " % (job_id.encode(), amount), text.encode()
         case Retiring(job_id, reason):
             return b"RETIRING %s " % job_id.encode(), reason.encode()
+        case Raised(job_id, summary):
+            return b"RAISED %s " % job_id.encode(), summary.encode()
         case JobOutcome(job_id, status, outcome):
             return b"RESULT %s %s " % (job_id.encode(), status.value.encode()), outcome
     raise TypeError(f"not a protocol message: {message!r}")
@@ -380,6 +413,8 @@ def _message(kind: bytes, fields: list[str], data: bytes) -> Message:
             return Progress(job, None if amount == "-" else float(amount), data.decode())
         if kind == b"RETIRING":
             return Retiring(fields[0], data.decode())
+        if kind == b"RAISED":
+            return Raised(fields[0], data.decode())
         job, status = fields
         return JobOutcome(job, ResultStatus(status), data)
     except ValueError as e:  # UnicodeDecodeError is one

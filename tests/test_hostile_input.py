@@ -171,6 +171,14 @@ def test_absurd_item_counts_are_refused(raw: Raw, counts: list[int]) -> None:
     assert "item_counts" in details
 
 
+@pytest.mark.parametrize("offsets", [[2**63, 0], [2**64 - 1, 1], [0], [0, 1, 2]])
+def test_absurd_item_offsets_are_refused(raw: Raw, offsets: list[int]) -> None:
+    """Each payload's offset fits the journal (below 2**63), one per payload."""
+    request = pool_pb2.SubmitRequest(payloads=[ADD, ADD], item_offsets=offsets)
+    details = raw.refused("Submit", request, INVALID)
+    assert "item_offsets" in details
+
+
 def test_a_batch_can_count_past_32_bits(raw: Raw) -> None:
     """Counts at the limit, submitted three times to one batch, add up to more
     than a uint32 holds, and GetBatch still answers (its totals are 64-bit)."""
@@ -374,8 +382,11 @@ def test_a_version_1_journal_is_migrated(
         alice.close()
     server.stop()
     db = sqlite3.connect(state_dir / "journal.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-    assert db.execute("SELECT owner FROM jobs WHERE id='jold'").fetchone()[0] == "default"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("SELECT owner, item_offset FROM jobs WHERE id='jold'").fetchone() == (
+        "default",
+        0,
+    )
     db.close()
 
 

@@ -61,13 +61,14 @@ from pool_wire.protocol import (
     LineReader,
     Message,
     ProtocolError,
+    Raised,
     Ready,
     ResultStatus,
     Retiring,
     encode_parts,
 )
 from worker_proc.reporting import reporting
-from worker_proc.runner import CachedFunction, Functions, run_checked
+from worker_proc.runner import CachedFunction, Functions, failure_summary, run_checked
 
 EXIT_PROTOCOL_ERROR = 3  # the server sent something this worker cannot parse
 EXIT_RETIRED = 4  # a call left this worker unfit; the server replaces it
@@ -191,6 +192,9 @@ def _answer(
     call left the worker unfit (``problem``): the server must know that first."""
     if problem is not None:
         session.write(Retiring(job_id, problem))
+    summary = failure_summary(status, outcome)
+    if summary is not None:
+        session.write(Raised(job_id, summary))
     # A ``missing`` answer never goes through the arena: the server resends
     # a JOBREF as it was, so the payload there must stay untouched.
     big = len(outcome) > ARENA_THRESHOLD_BYTES and status is not ResultStatus.MISSING

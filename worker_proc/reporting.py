@@ -5,7 +5,10 @@ worker the current job's :class:`ProgressSender` is installed there and
 forwards it as a PROGRESS line, and anywhere else it does nothing. A
 function may report in a tight loop: at most one line per
 ``MIN_INTERVAL_S`` is sent, and the latest report is always sent (a timer
-flushes it), so status is never stale by more than that.
+flushes it), so status is never stale by more than that. When the call
+returns, a report still held back is sent before its RESULT (issue 15: a
+function that reported and returned within the interval lost its last
+report, and its DONE status showed an earlier one).
 """
 
 from __future__ import annotations
@@ -51,11 +54,14 @@ class ProgressSender:
                 self._timer.start()
 
     def close(self) -> None:
-        """Stop sending: the job's RESULT line must be the last word on it."""
+        """Send the report still held back, if any, then stop sending: the
+        job's RESULT line must be the last word on it."""
         with self._lock:
             self._closed = True
             if self._timer is not None:
                 self._timer.cancel()
+            if self._pending is not None:
+                self._emit(self._pending)
 
     def _flush(self) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ import traceback
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from json import loads as parse_json
 from typing import Any, TypeVar
 
 import cloudpickle
@@ -54,8 +55,10 @@ from pool_wire.payload import (
     JsonCall,
     OutcomeStatus,
     dumps,
+    error_summary,
     is_json,
     json_outcome,
+    loads_outcome,
     loads_request,
 )
 from pool_wire.protocol import ResultStatus
@@ -149,6 +152,30 @@ def run_checked(
     done[0].stderr = warnings + done[0].stderr
     checked = check()
     return (*_answer(json, done, batch, _Values(arena)), checked)
+
+
+def failure_summary(status: ResultStatus, outcome: bytes) -> str | None:
+    """``Type: message`` of the exception an ERROR answer holds (None for any
+    other), for the server's status views: read back from the outcome this
+    worker just made, as only a failed call pays for it."""
+    if status is not ResultStatus.ERROR:
+        return None
+    try:
+        if is_json(outcome[:1]):
+            error = parse_json(outcome).get("error", {})
+            return error_summary(ErrorInfo(error.get("type", "?"), error.get("message", ""), ""))
+        answer = loads_outcome(outcome)
+    except Exception:  # noqa: BLE001 - a summary is a courtesy; the outcome still goes
+        return None
+    if isinstance(answer, CallOutcome):
+        return None if answer.error is None else error_summary(answer.error)
+    failed = [(i, o.error) for i, o in enumerate(answer.outcomes) if o.error is not None]
+    if not failed:
+        return None
+    index, first = failed[0]
+    return f"{len(failed)} of {len(answer.outcomes)} calls failed; call {index}: " + (
+        error_summary(first)
+    )
 
 
 def _call_all(
