@@ -27,6 +27,7 @@ STOP_TIMEOUT_S = 30.0
 class Server:
     address: str
     pid: int
+    state_dir: Path
 
     def rss_mib(self) -> float:
         """The server process's resident memory, from /proc."""
@@ -55,7 +56,7 @@ def pool_server(workers: int | None, *extra: str) -> Iterator[Server]:
             line = proc.stdout.readline().decode()  # the server gives up by itself if never ready
             if "serving on" not in line:
                 raise RuntimeError(f"pool-server did not start (exit code {proc.wait()}): {line!r}")
-            yield Server(line.split("serving on ", 1)[1].split()[0], proc.pid)
+            yield Server(line.split("serving on ", 1)[1].split()[0], proc.pid, Path(state_dir))
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
