@@ -24,6 +24,7 @@ from pool_server.call_stream import CallStream, failure
 from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
 from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
+from pool_server.journal import BatchCounts
 from pool_server.load import LoadReporter
 from pool_server.procfs import rss_bytes
 from pool_server.scaling import WorkerLimits
@@ -216,14 +217,14 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     ) -> pool_pb2.BatchStatus:
         async with _status_on_error(context):
             batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
-            counts = await self._tracker.batch(batch_id, _caller())
-            finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
-            return pool_pb2.BatchStatus(
-                batch_id=batch_id,
-                total=counts.total,
-                states=counts.states,
-                percent_done=100.0 * finished / counts.total,
-            )
+            return _batch_status(batch_id, await self._tracker.batch(batch_id, _caller()))
+
+    async def CancelBatch(
+        self, request: pool_pb2.BatchRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.BatchStatus:
+        async with _status_on_error(context):
+            batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
+            return _batch_status(batch_id, await self._tracker.cancel_batch(batch_id, _caller()))
 
     async def RunChunked(
         self, chunks: AsyncIterator[pool_pb2.Chunk], context: grpc.aio.ServicerContext
@@ -323,6 +324,16 @@ async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[N
     except CallError as e:
         context.set_trailing_metadata(e.metadata())
         await context.abort(e.code, str(e))
+
+
+def _batch_status(batch_id: str, counts: BatchCounts) -> pool_pb2.BatchStatus:
+    finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
+    return pool_pb2.BatchStatus(
+        batch_id=batch_id,
+        total=counts.total,
+        states=counts.states,
+        percent_done=100.0 * finished / counts.total,
+    )
 
 
 def _limits_message(limits: WorkerLimits) -> pool_pb2.WorkerLimits:
