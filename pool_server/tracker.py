@@ -22,7 +22,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import TypeVar
 
 from pool_server.auth import Caller
@@ -227,7 +227,7 @@ class JobTracker:
         """How many jobs :meth:`live` holds in each state."""
         return collections.Counter(job.state for job in self._live.values())
 
-    async def watch(self, job_id: str, caller: Caller) -> AsyncIterator[Job]:
+    async def watch(self, job_id: str, caller: Caller) -> AsyncGenerator[Job, None]:
         """The job now, then after every change, until it is finished."""
         job = await self.get(job_id, caller)
         while True:
