@@ -50,7 +50,7 @@ from distribute_client import _balancer, _codec, _interrupt, _transport
 from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._submit import Submittable, submit
-from distribute_client._sync import run_sync
+from distribute_client._sync import CANCEL_WAIT_S, run_soon, run_sync
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
 from pool_wire.payload import CallOutcome
@@ -384,6 +384,7 @@ class AsyncMap(Generic[R]):
         self._yielded = 0
         self._chunks: Outcomes | None = None
         self._filling = False  # a fill() is under way (aclose must not close under it)
+        self._ended = False
         self._ready: collections.deque[tuple[CallOutcome | _codec.Returned, str]] = (
             collections.deque()
         )
@@ -404,6 +405,7 @@ class AsyncMap(Generic[R]):
                 self._chunks = await self._start()
             outcomes, where = await anext(self._chunks)
         except BaseException:
+            self._ended = True  # StopAsyncIteration, an error, or cancelled: the chunks unwound
             self._progress.close()
             raise
         finally:
@@ -456,9 +458,15 @@ class AsyncMap(Generic[R]):
             max(1, per_submit),
         )
 
+    @property
+    def open(self) -> bool:
+        """Started, and neither finished nor closed."""
+        return self._chunks is not None and not self._ended
+
     async def aclose(self) -> None:
         """Cancel the chunks still outstanding. A fill() interrupted and not
         yet unwound is cancelling them itself: closing under it would fail."""
+        self._ended = True
         self._progress.close()
         self._ready.clear()
         if self._chunks is not None and not self._filling:
@@ -506,6 +514,14 @@ class Map(Generic[R]):
             f"map of {self._results.name} interrupted: cancelled its {unfinished} "
             f"unfinished call{'' if unfinished == 1 else 's'}{batch}",
         )
+
+    def __del__(self) -> None:
+        # Dropped unclosed: a Ctrl-C in the body of a `for` over it unwinds
+        # the frame that held it. Cancel what it sent before the program
+        # can end (a durable map's jobs would run on); never block the loop
+        # thread itself, where the collector may run too.
+        if self._results.open:
+            run_soon(self._results.aclose(), CANCEL_WAIT_S)
 
     def __enter__(self) -> Map[R]:
         return self

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -30,17 +31,36 @@ CANCEL_WAIT_S = 10.0
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
 
 
 def _background_loop() -> asyncio.AbstractEventLoop:
-    global _loop
+    global _loop, _thread
     with _lock:
         if _loop is None:
             _loop = uvloop.new_event_loop()
-            threading.Thread(
+            _thread = threading.Thread(
                 target=_loop.run_forever, name="distribute-client-loop", daemon=True
-            ).start()
+            )
+            _thread.start()
         return _loop
+
+
+def run_soon(coroutine: Coroutine[Any, Any, None], wait_s: float) -> None:
+    """Run ``coroutine`` on the private loop and wait up to ``wait_s`` for it
+    to end: for cleanup from a finalizer, which must never hang. From the
+    loop's own thread it is only scheduled; while the interpreter shuts down
+    (the loop's thread may be gone) it is dropped."""
+    if sys.is_finalizing():
+        coroutine.close()
+        return
+    loop = _background_loop()
+    if threading.current_thread() is _thread:
+        loop.create_task(coroutine)
+        return
+    future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    with contextlib.suppress(BaseException):
+        future.result(wait_s)
 
 
 def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -48,8 +48,12 @@ def wait_for_file(path):
         time.sleep(0.01)
     return path
 
-durable = sys.argv[3] == "durable"
+durable = sys.argv[3].startswith("durable")
 remote = compute_this(sys.argv[2])(wait_for_file)
+if sys.argv[3] == "durable-for":  # no with: a bare for loop, interrupted in its body
+    for value in remote.map(sys.argv[4:], chunk_size=1, durable=True):
+        print("got", value, flush=True)
+        time.sleep(600)
 with remote.map(sys.argv[4:], chunk_size=1, durable=durable) as results:
     print("started", results.batch_id, flush=True)
     for value in results:
@@ -124,6 +128,34 @@ def test_ctrl_c_under_a_pipe_cancels_the_map_with_one_line(
     assert len(lines) == 1, err
     assert INTERRUPTED.fullmatch(lines[0]), err
     assert_nothing_left(server, 2, started[1] if mode == "durable" else None)
+
+
+def test_ctrl_c_in_the_body_of_a_bare_for_loop_cancels_a_durable_map(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A Ctrl-C that lands in the caller's own code, in a `for` over a
+    durable map without `with`, still cancels the map's jobs: the map is
+    closed as the interrupt drops it, before the program ends."""
+    server = start_server("--workers", "2")
+    command = client_command(tmp_path, "pipe", server, "durable-for")
+    command[-8] = str(tmp_path)  # the first call returns at once
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().startswith("got")
+        wait_until(lambda: all_busy(server), 30, "the map's next jobs to run")
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=CLIENT_EXIT_TIMEOUT_S)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == -signal.SIGINT
+    warning = DURABLE_WARNING.search(err)
+    assert warning is not None, err
+    wait_until(all_idle(server, 2), 10, "the workers to be idle again")
+    assert server.client().status().queue_length == 0
+    states = sorted(job.state for job in server.client().jobs(batch_id=warning[1]))
+    assert states == ["CANCELLED"] * 7 + ["DONE"]
 
 
 def test_ctrl_c_in_a_terminal_cancels_the_map_with_one_line(
