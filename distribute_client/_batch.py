@@ -21,13 +21,22 @@ Two ways to send them (issue 10, "Map is cheap"):
 
 Either way no more than ``max_in_flight`` calls are outstanding, so an
 endless generator of arguments is fine.
+
+Stopping (issue 15): Ctrl-C during a blocking map cancels everything it
+sent, plain or durable, and prints one line instead of a traceback
+(``_interrupt``). A plain map's chunks also end with its client: the server
+stops a call whose stream goes away. A durable map's jobs outlive the
+client on purpose, so the map says so when it submits, naming the batch and
+how to cancel it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
+import logging
 import secrets
 import sys
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sized
@@ -36,16 +45,18 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from tqdm import tqdm
 
-from distribute_client import _balancer, _codec, _transport
+from distribute_client import _balancer, _codec, _interrupt, _transport
 from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._submit import Submittable, submit
-from distribute_client._sync import run_sync
+from distribute_client._sync import CANCEL_WAIT_S, run_soon, run_sync
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
 from pool_wire.payload import CallOutcome
 
 R = TypeVar("R")
+
+log = logging.getLogger("distribute_client")
 
 # Calls per chunk at most: large enough to amortise a chunk's fixed cost
 # (an RPC and a worker round trip, about a millisecond; a journal commit
@@ -242,6 +253,7 @@ async def map_chunks(
     in_flight = 0
     offset = 0  # of the next call taken, in the map's input
     name = remote.function.__qualname__
+    submitted = False
     try:
         while True:
             room = min(max_in_flight - in_flight, chunk_size * jobs_per_submit)
@@ -252,6 +264,9 @@ async def map_chunks(
                     chunks = await _submit_chunks(remote, taken, chunk_size, batch_id, offset)
                     outstanding.extend(chunks)
                     offset += len(taken)
+                    if not submitted:
+                        submitted = True
+                        _say_durable(name, batch_id, remote.servers.single is None)
                     continue
             if not outstanding:
                 return
@@ -268,6 +283,21 @@ async def map_chunks(
         )
 
 
+def _say_durable(name: str, batch_id: str, several: bool) -> None:
+    """A durable map's jobs run on after its client has gone: say so, once,
+    with what stops them."""
+    server = " --server ..." if several else ""
+    log.warning(
+        "map of %s is durable: its batch %s runs on the server even if this process goes "
+        "away; cancel it with `pool-client%s cancel --batch %s` or Client().cancel_batch(%r)",
+        name,
+        batch_id,
+        server,
+        batch_id,
+        batch_id,
+    )
+
+
 async def _submit_chunks(
     remote: Mappable, calls: list[Args], chunk_size: int, batch_id: str, offset: int
 ) -> list[_Chunk]:
@@ -278,19 +308,35 @@ async def _submit_chunks(
     ]
     counts = [count for count, _ in chunks]
     offsets = list(itertools.accumulate(counts[:-1], initial=offset))
-    delay = QUEUE_FULL_BACKOFF_MIN_S
-    while True:
-        try:
-            payloads = [chunk.payload for _, chunk in chunks]
-            jobs = await submit(remote, payloads, counts, batch_id, offsets)
-            break
-        except QueueFullError:  # other work fills the queue: wait for room, as a call would
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, QUEUE_FULL_BACKOFF_MAX_S)
+    payloads = [chunk.payload for _, chunk in chunks]
+    submitting = asyncio.ensure_future(
+        _submit_when_room(remote, payloads, counts, batch_id, offsets)
+    )
+    try:
+        jobs = await asyncio.shield(submitting)
+    except asyncio.CancelledError:
+        # The server may have taken the jobs already, and only its answer
+        # says which they are: wait for it, and cancel them too.
+        with contextlib.suppress(Exception):
+            made = await submitting
+            await asyncio.gather(*(job.async_cancel() for job in made), return_exceptions=True)
+        raise
     return [
         _Chunk(job, count, asyncio.ensure_future(job.async_outcome()))
         for job, count in zip(jobs, counts, strict=True)
     ]
+
+
+async def _submit_when_room(
+    remote: Mappable, payloads: list[bytes], counts: list[int], batch_id: str, offsets: list[int]
+) -> list[Job[Any]]:
+    delay = QUEUE_FULL_BACKOFF_MIN_S
+    while True:
+        try:
+            return await submit(remote, payloads, counts, batch_id, offsets)
+        except QueueFullError:  # other work fills the queue: wait for room, as a call would
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, QUEUE_FULL_BACKOFF_MAX_S)
 
 
 class _Progress:
@@ -331,15 +377,19 @@ class AsyncMap(Generic[R]):
             raise ValueError("batch_id names the jobs of a durable map: pass durable=True too")
         self.batch_id = (batch_id or new_batch_id()) if durable else None
         self._remote = remote
-        self._name = remote.function.__qualname__
+        self.name = self._name = remote.function.__qualname__
         self._chunk_size = chunk_size
         self._max_in_flight = max_in_flight
         sizes = [len(i) for i in iterables if isinstance(i, Sized)]
         self._total = min(sizes) if sizes and len(sizes) == len(iterables) else None
         self._progress = _Progress(progress, self._total, self._name)
         # Bind each call as it is taken: a TypeError names the bad item.
-        self._calls = (_bind(remote, args) for args in zip(*iterables, strict=False))
+        self._calls = (self._bind(args) for args in zip(*iterables, strict=False))
+        self._taken = 0  # calls taken from the iterables to be sent
+        self._yielded = 0
         self._chunks: Outcomes | None = None
+        self._filling = False  # a fill() is under way (aclose must not close under it)
+        self._ended = False
         self._ready: collections.deque[tuple[CallOutcome | _codec.Returned, str]] = (
             collections.deque()
         )
@@ -355,17 +405,22 @@ class AsyncMap(Generic[R]):
     async def fill(self) -> None:
         """Wait for the next chunk's outcomes (StopAsyncIteration after the last)."""
         try:
+            self._filling = True
             if self._chunks is None:
                 self._chunks = await self._start()
             outcomes, where = await anext(self._chunks)
         except BaseException:
+            self._ended = True  # StopAsyncIteration, an error, or cancelled: the chunks unwound
             self._progress.close()
             raise
+        finally:
+            self._filling = False
         self._ready.extend((outcome, where) for outcome in outcomes)
 
     def pop(self) -> R:
         """The next call's value, or its error raised, from what fill() brought."""
         outcome, where = self._ready.popleft()
+        self._yielded += 1
         self._progress.advance()
         value: R = _codec.value_of(outcome, self._name, where)
         return value
@@ -373,6 +428,16 @@ class AsyncMap(Generic[R]):
     @property
     def ready(self) -> bool:
         return bool(self._ready)
+
+    @property
+    def unfinished(self) -> int:
+        """Calls taken to be sent whose results have not come back."""
+        return self._taken - self._yielded - len(self._ready)
+
+    def _bind(self, args: tuple[Any, ...]) -> Args:
+        call = self._remote(*args)
+        self._taken += 1
+        return call.args, call.kwargs
 
     async def _start(self) -> Outcomes:
         pool = await Client(self._remote.servers).async_status()
@@ -398,16 +463,19 @@ class AsyncMap(Generic[R]):
             max(1, per_submit),
         )
 
+    @property
+    def open(self) -> bool:
+        """Started, and neither finished nor closed."""
+        return self._chunks is not None and not self._ended
+
     async def aclose(self) -> None:
+        """Cancel the chunks still outstanding. A fill() interrupted and not
+        yet unwound is cancelling them itself: closing under it would fail."""
+        self._ended = True
         self._progress.close()
         self._ready.clear()
-        if self._chunks is not None:
+        if self._chunks is not None and not self._filling:
             await self._chunks.aclose()
-
-
-def _bind(remote: Mappable, args: tuple[Any, ...]) -> Args:
-    call = remote(*args)
-    return call.args, call.kwargs
 
 
 class Map(Generic[R]):
@@ -417,6 +485,7 @@ class Map(Generic[R]):
     def __init__(self, results: AsyncMap[R]) -> None:
         self._results = results
         self.batch_id = results.batch_id
+        _interrupt.opened(self)
 
     def __iter__(self) -> Map[R]:
         return self
@@ -427,15 +496,43 @@ class Map(Generic[R]):
             try:
                 run_sync(self._results.fill())
             except StopAsyncIteration:
+                _interrupt.closed(self)
                 raise StopIteration from None
+            except KeyboardInterrupt as e:
+                self.interrupted(e)
+                raise
         return self._results.pop()
 
     def close(self) -> None:
         """Stop early: cancel the chunks still outstanding."""
+        _interrupt.closed(self)
         run_sync(self._results.aclose())
+
+    def interrupted(self, error: KeyboardInterrupt) -> None:
+        """Ctrl-C: cancel what is outstanding, then say so in one line."""
+        unfinished = self._results.unfinished
+        with contextlib.suppress(KeyboardInterrupt):  # pressed again: the line still comes
+            self.close()
+        batch = f" of batch {self.batch_id}" if self.batch_id else ""
+        _interrupt.report(
+            error,
+            f"map of {self._results.name} interrupted: cancelled its {unfinished} "
+            f"unfinished call{'' if unfinished == 1 else 's'}{batch}",
+        )
+
+    def __del__(self) -> None:
+        # Dropped unclosed: a Ctrl-C in the body of a `for` over it unwinds
+        # the frame that held it. Cancel what it sent before the program
+        # can end (a durable map's jobs would run on); never block the loop
+        # thread itself, where the collector may run too.
+        if self._results.open:
+            run_soon(self._results.aclose(), CANCEL_WAIT_S)
 
     def __enter__(self) -> Map[R]:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        if isinstance(error, KeyboardInterrupt):
+            self.interrupted(error)
+        else:
+            self.close()

@@ -285,13 +285,7 @@ class Client:
             if failed:
                 raise failed[0][1]
             raise JobNotFoundError(f"no batch {batch_id!r} on any of {self.servers}")
-        states: dict[str, int] = {}
-        for part in parts:
-            for state, count in part.states.items():
-                states[state] = states.get(state, 0) + count
-        total = sum(part.total for part in parts)
-        done = sum(count for state, count in states.items() if state in FINISHED_STATES)
-        return BatchStatus(batch_id, total, states, 100.0 * done / total if total else 0.0)
+        return _merged(batch_id, parts)
 
     async def _batch_on(
         self, address: _transport.Address, request: pool_pb2.BatchRef
@@ -307,6 +301,46 @@ class Client:
         total), over every server that holds some of it; its ``results()``
         are the values of the map's calls, in input order, from any process."""
         return run_sync(self.async_batch(batch_id))
+
+    async def async_cancel_batch(self, batch_id: str) -> BatchStatus:
+        request = pool_pb2.BatchRef(batch_id=batch_id)
+        single = self.servers.single
+        if single is not None:
+            return batch_status(await _transport.cancel_batch(single, request, LOOKUP_TIMEOUT_S))
+        answered, failed = await self._ask_each(lambda a: self._cancel_batch_on(a, request))
+        parts = [reply for _, reply in answered if reply is not None]
+        if failed:  # every server must have cancelled its part
+            raise failed[0][1]
+        if not parts:
+            raise JobNotFoundError(f"no batch {batch_id!r} on any of {self.servers}")
+        return _merged(batch_id, parts)
+
+    async def _cancel_batch_on(
+        self, address: _transport.Address, request: pool_pb2.BatchRef
+    ) -> BatchStatus | None:
+        try:
+            reply = await _transport.cancel_batch(address, request, LOOKUP_TIMEOUT_S)
+        except JobNotFoundError:
+            return None
+        return batch_status(reply)
+
+    def cancel_batch(self, batch_id: str) -> BatchStatus:
+        """Cancel every unfinished job of a batch (a durable map's), on every
+        server that holds some of it: queued ones are dropped, running ones
+        have their workers stopped. The batch as it stands after;
+        ``JobNotFoundError`` if no server holds it."""
+        return run_sync(self.async_cancel_batch(batch_id))
+
+
+def _merged(batch_id: str, parts: list[BatchStatus]) -> BatchStatus:
+    """One batch from the parts several servers hold."""
+    states: dict[str, int] = {}
+    for part in parts:
+        for state, count in part.states.items():
+            states[state] = states.get(state, 0) + count
+    total = sum(part.total for part in parts)
+    done = sum(count for state, count in states.items() if state in FINISHED_STATES)
+    return BatchStatus(batch_id, total, states, 100.0 * done / total if total else 0.0)
 
 
 def _job_state(name: str) -> JobState:

@@ -32,8 +32,8 @@ from distribute_client.errors import (
     WorkerCrashedError,
 )
 from pool_proto import pool_pb2, pool_pb2_grpc
-from pool_wire.limits import CHUNK_BYTES, GRPC_MESSAGE_OPTIONS, MAX_PAYLOAD_BYTES
-from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind
+from pool_wire.limits import CHUNK_BYTES, GRPC_MESSAGE_OPTIONS, MAX_LIST_LIMIT, MAX_PAYLOAD_BYTES
+from pool_wire.names import EXIT_CODE_KEY, KIND_KEY, WORKER_ID_KEY, ErrorKind, JobState
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -152,6 +152,7 @@ class _Stub(Protocol):
     CancelJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
     ListJobs: _Unary[pool_pb2.ListJobsRequest, pool_pb2.ListJobsReply]
     GetBatch: _Unary[pool_pb2.BatchRef, pool_pb2.BatchStatus]
+    CancelBatch: _Unary[pool_pb2.BatchRef, pool_pb2.BatchStatus]
 
 
 @dataclass(frozen=True)
@@ -428,6 +429,21 @@ async def get_batch(
     if address.backend:
         return await backends.backend_for(address.target).get_batch(request)
     return await _unary(address, stub_for(address).GetBatch, request, deadline_s)
+
+
+async def cancel_batch(
+    address: Address, request: pool_pb2.BatchRef, deadline_s: float | None
+) -> pool_pb2.BatchStatus:
+    """CancelBatch: cancel a batch's unfinished jobs; the batch after. A
+    backend has no such RPC: its jobs of the batch are cancelled one by one."""
+    if not address.backend:
+        return await _unary(address, stub_for(address).CancelBatch, request, deadline_s)
+    backend = backends.backend_for(address.target)
+    listing = pool_pb2.ListJobsRequest(batch_id=request.batch_id, limit=MAX_LIST_LIMIT)
+    for status in (await backend.list_jobs(listing)).jobs:
+        if not JobState.from_proto(status.state).finished:
+            await backend.cancel_job(pool_pb2.JobRef(job_id=status.id))
+    return await backend.get_batch(request)
 
 
 async def _unary(

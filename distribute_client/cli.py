@@ -4,6 +4,7 @@
     pool-client submit mypkg.sims:run 42 '{"steps": 10}' --kwargs '{"seed": 7}'
     pool-client status JOB_ID | result JOB_ID | cancel JOB_ID | watch JOB_ID
     pool-client result --unpickle BATCH_ID    (or a map chunk's JOB_ID)
+    pool-client cancel --batch BATCH_ID
     pool-client jobs --state RUNNING
     pool-client batch BATCH_ID
     pool-client load --rps 50 --duration 10 --function sleep:10
@@ -38,6 +39,7 @@ from typing import Any, TypeVar
 
 from distribute_client import (
     AuthenticationError,
+    BatchStatus,
     CallTimeoutError,
     Client,
     Job,
@@ -149,11 +151,20 @@ def _parser() -> argparse.ArgumentParser:
         ("watch", _watch, "follow a job's progress until it finishes"),
     ):
         sub = command(name, function, help)
-        sub.add_argument(
-            "job_id",
-            metavar="BATCH_OR_JOB_ID" if name == "result" else "JOB_ID",
-            help="a job's id; for result, also a batch's (each call of a map on a line)",
-        )
+        if name == "cancel":
+            sub.add_argument("job_id", metavar="JOB_ID", nargs="?")
+            sub.add_argument(
+                "--batch",
+                metavar="BATCH_ID",
+                help="cancel every unfinished job of this batch instead (a durable map's, "
+                "whose id the map logged when it started)",
+            )
+        else:
+            sub.add_argument(
+                "job_id",
+                metavar="BATCH_OR_JOB_ID" if name == "result" else "JOB_ID",
+                help="a job's id; for result, also a batch's (each call of a map on a line)",
+            )
         if name == "result":
             sub.add_argument("--timeout", type=float, help="give up after this many seconds")
             sub.add_argument(
@@ -413,7 +424,13 @@ def _error_fields(error: BaseException) -> dict[str, str]:
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> int:
-    _show(client.job(args.job_id).cancel(), args.json)
+    if (args.job_id is None) == (args.batch is None):
+        print("pool-client: cancel takes a JOB_ID or --batch BATCH_ID", file=sys.stderr)
+        return EXIT_USAGE
+    if args.batch is None:
+        _show(client.job(args.job_id).cancel(), args.json)
+        return EXIT_OK
+    _show_batch(client.cancel_batch(args.batch), args.json)
     return EXIT_OK
 
 
@@ -441,13 +458,16 @@ def _jobs(client: Client, args: argparse.Namespace) -> int:
 
 
 def _batch(client: Client, args: argparse.Namespace) -> int:
-    batch = client.batch(args.batch_id)
-    if args.json:
-        _print_json(dataclasses.asdict(batch.status))
-        return EXIT_OK
+    _show_batch(client.batch(args.batch_id).status, args.json)
+    return EXIT_OK
+
+
+def _show_batch(batch: BatchStatus, as_json: bool) -> None:
+    if as_json:
+        _print_json(dataclasses.asdict(batch))
+        return
     states = ", ".join(f"{count} {state}" for state, count in sorted(batch.states.items()))
     print(f"batch {batch.batch_id}: {batch.percent_done:.1f}% done of {batch.total} ({states})")
-    return EXIT_OK
 
 
 def _load(client: Client, args: argparse.Namespace) -> int:

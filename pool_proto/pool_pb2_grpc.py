@@ -94,6 +94,11 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.BatchStatus.FromString,
                 _registered_method=True)
+        self.CancelBatch = channel.unary_unary(
+                '/pool.Pool/CancelBatch',
+                request_serializer=pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.BatchStatus.FromString,
+                _registered_method=True)
 
 
 class PoolServicer:
@@ -194,6 +199,15 @@ class PoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelBatch(self, request, context):
+        """Cancel every unfinished job of a batch (those the caller may see), as
+        CancelJob would each; answers the batch as it stands after. NOT_FOUND
+        if the server holds no job of that batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +268,11 @@ def add_PoolServicer_to_server(servicer, server):
             ),
             'GetBatch': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBatch,
+                    request_deserializer=pool__proto_dot_pool__pb2.BatchRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.BatchStatus.SerializeToString,
+            ),
+            'CancelBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelBatch,
                     request_deserializer=pool__proto_dot_pool__pb2.BatchRef.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.BatchStatus.SerializeToString,
             ),
@@ -580,6 +599,33 @@ class Pool:
             request,
             target,
             '/pool.Pool/GetBatch',
+            pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
+            pool__proto_dot_pool__pb2.BatchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/CancelBatch',
             pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
             pool__proto_dot_pool__pb2.BatchStatus.FromString,
             options,

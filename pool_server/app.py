@@ -1,4 +1,12 @@
-"""Run the daemon: the worker pool, the gRPC server, signals and shutdown."""
+"""Run the daemon: the worker pool, the gRPC server, signals and shutdown.
+
+Stopping (issue 15): the first SIGTERM or SIGINT starts a drain. The port
+stays open: new calls and submits are refused (UNAVAILABLE, "the server is
+draining") while GetWorkers, job lookups and cancels still answer, so an
+operator can see what the stop waits for. The drain ends as soon as the
+running work is done, at the latest after ``--grace``, or at once on a
+second signal; then the streams still open are ended and the port closed.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.auth import Authenticator, AuthSetupError, TokenStore, reload_on_sighup
+from pool_server.bind import BindError, listen
 from pool_server.config import ServerConfig
 from pool_server.journal import Journal, JournalError
 from pool_server.journal_writer import JournalWriter
@@ -25,7 +34,7 @@ from pool_server.metrics import PoolMetrics
 from pool_server.service import PoolService
 from pool_server.state_dir import lock_state_dir, prepare_state_dir
 from pool_server.supervisor import WorkerPool, open_pool
-from pool_server.tls import TlsSetupError, server_credentials
+from pool_server.tls import TlsSetupError
 from pool_server.tracker import JobTracker
 from pool_wire.limits import GRPC_MESSAGE_OPTIONS
 
@@ -44,8 +53,8 @@ EXIT_AUTH_UNUSABLE = 6  # the tokens or TLS files cannot be read or trusted
 # up and exits, instead of serving with a pool that cannot run anything.
 STARTUP_TIMEOUT_S = 60.0
 
-# After the grace, failed calls still need a moment to be answered before
-# gRPC itself cancels whatever is left.
+# Once the drain is over, every call is answered; the answers get this long
+# to leave before gRPC cancels whatever RPCs are left.
 SHUTDOWN_SLACK_S = 2.0
 
 # gRPC core cancels calls that arrive faster than the asyncio server accepts
@@ -133,12 +142,12 @@ async def _serve_journaled(
         interceptors=[*interceptors, Authenticator(tokens)], options=GRPC_OPTIONS
     )
     try:
-        port = _listen(server, config)
+        port = listen(server, config)
     except TlsSetupError as e:
         log.error("%s", e)
         return EXIT_AUTH_UNUSABLE
-    except RuntimeError as e:
-        log.error("cannot listen on %s: %s", config.address, e)
+    except BindError as e:
+        log.error("%s", e)
         return EXIT_BIND_FAILED
     _warn_if_exposed(config)
 
@@ -179,16 +188,15 @@ async def _serve_journaled(
         await stop.wait()
         expiry.cancel()
         log.info(
-            "stopping: refusing new calls, giving running ones %.3g s "
-            "(signal again to stop at once)",
+            "draining: refusing new calls, still answering GetWorkers and job lookups; "
+            "running work gets up to --grace %.3g s (signal again to stop at once)",
             config.grace,
         )
         await health_servicer.enter_graceful_shutdown()
-        service.stop_streams()
-        # gRPC's own deadline comes after ours: by then every call is answered.
-        grpc_stopped = asyncio.ensure_future(server.stop(config.grace + SHUTDOWN_SLACK_S))
+        service.drain()
         await pool.shut_down(config.grace, hurry)
-        await grpc_stopped
+        service.close()  # every call is answered: end the streams and the waits
+        await server.stop(SHUTDOWN_SLACK_S)
         if web is not None:
             await web.close()
 
@@ -233,12 +241,6 @@ def _load_tokens(config: ServerConfig) -> TokenStore | None:
     tokens = TokenStore.load(config.token_file, config.state_dir)
     reload_on_sighup(tokens)
     return tokens
-
-
-def _listen(server: grpc.aio.Server, config: ServerConfig) -> int:
-    if config.tls is None:
-        return int(server.add_insecure_port(config.address))
-    return int(server.add_secure_port(config.address, server_credentials(config.tls)))
 
 
 def _warn_if_exposed(config: ServerConfig) -> None:

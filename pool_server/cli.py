@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         "worker processes, over gRPC.",
         epilog="Example: pool-server --workers 8 --port 50051; `pool-server token` prints the "
         "token clients need (those of the same user find it themselves). "
-        "Stop with SIGTERM or Ctrl-C: running calls get --grace seconds to finish.",
+        "Stop with SIGTERM or Ctrl-C: the server drains (new calls are refused as draining, "
+        "GetWorkers and job lookups still answer) until the running calls are done, at most "
+        "--grace seconds; a second signal stops it at once.",
     )
     parser.add_argument(
         "--workers",
@@ -90,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         "--grace",
         type=float,
         default=DEFAULT_GRACE_S,
-        help="seconds running calls get to finish on SIGTERM/SIGINT (default: %(default)s)",
+        help="the most seconds running calls get to finish on SIGTERM/SIGINT; the server "
+        "stops as soon as they are done (default: %(default)s)",
     )
     parser.add_argument(
         "--state-dir",

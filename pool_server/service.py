@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import TypeVar
 
 import grpc
 
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.auth import Caller, current_caller
 from pool_server.call_stream import CallStream, failure
-from pool_server.errors import CallError, DeadlineExceeded, InvalidCall
+from pool_server.errors import CallError, DeadlineExceeded, InvalidCall, ShuttingDown
 from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
+from pool_server.journal import BatchCounts
 from pool_server.load import LoadReporter
 from pool_server.procfs import rss_bytes
 from pool_server.scaling import WorkerLimits
@@ -41,6 +43,14 @@ from pool_wire.limits import (
     brief,
 )
 from pool_wire.names import FINISHED_STATES, JobState
+
+T = TypeVar("T")
+
+_DRAINING = (
+    "the server is draining: it takes no new calls or jobs while it stops (GetWorkers and "
+    "job lookups still answer); retry on another server, or once it is back"
+)
+_CLOSED = "the server stopped; the job stays in its journal: ask again once the server is back"
 
 _FUNCTION_NEEDED = (
     "this server does not hold the function named by function_hash; "
@@ -60,6 +70,8 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self._functions = FunctionStore()
         self._streams: set[CallStream] = set()
         self._load = LoadReporter(pool)
+        self._draining = False
+        self._closed = asyncio.Event()  # set: end every wait on a job
         self.calls_answered = 0
         self.calls_failed = 0
         self.jobs_submitted = 0
@@ -87,10 +99,35 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         finally:
             self._streams.discard(stream)
 
-    def stop_streams(self) -> None:
-        """Read no more calls from any Calls stream: the server is stopping."""
+    def drain(self) -> None:
+        """Refuse new calls and jobs (ShuttingDown, "draining"); everything
+        else still answers, and the calls already taken run on."""
+        self._draining = True
+
+    def close(self) -> None:
+        """The drain is over: end every Calls stream (each once its calls are
+        answered) and answer every wait on a job, so that gRPC can stop."""
+        self._closed.set()
         for stream in self._streams:
             stream.stop_reading()
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining:
+            raise ShuttingDown(_DRAINING)
+
+    async def _unless_closed(self, awaitable: Awaitable[T]) -> T:
+        """``awaitable``'s result, or ShuttingDown if the server closes first."""
+        waiting = asyncio.ensure_future(awaitable)
+        closing = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((waiting, closing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        if not waiting.done() or waiting.cancelled():
+            raise ShuttingDown(_CLOSED)
+        return waiting.result()
 
     async def _stream_call(self, message: pool_pb2.CallMessage) -> pool_pb2.CallEvent:
         """One call of a Calls stream, answered as a Run would be."""
@@ -155,6 +192,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> pool_pb2.SubmitReply:
         async with _status_on_error(context):
+            self._refuse_if_draining()
             payloads = list(request.payloads)  # each read of a protobuf bytes field is a copy
             _check_sizes(payloads)
             jobs = await self._tracker.submit(
@@ -180,8 +218,12 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pool_pb2.JobStatus]:
         async with _status_on_error(context):
-            async for job in self._tracker.watch(_job_id(request), _caller()):
-                yield _status(job)
+            updates = self._tracker.watch(_job_id(request), _caller())
+            try:
+                while (job := await self._unless_closed(anext(updates, None))) is not None:
+                    yield _status(job)
+            finally:
+                await updates.aclose()
 
     async def GetResult(
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
@@ -190,7 +232,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             job = await self._tracker.get(_job_id(request), _caller())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(call_budget(context)):
-                    await asyncio.shield(job.done)
+                    await self._unless_closed(asyncio.shield(job.done))
                     await self._tracker.settled(job)  # answered once journaled, if it can be
             if job.state.finished and job.outcome is None and job.error is not None:
                 raise job.error
@@ -217,14 +259,14 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     ) -> pool_pb2.BatchStatus:
         async with _status_on_error(context):
             batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
-            counts = await self._tracker.batch(batch_id, _caller())
-            finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
-            return pool_pb2.BatchStatus(
-                batch_id=batch_id,
-                total=counts.total,
-                states=counts.states,
-                percent_done=100.0 * finished / counts.total,
-            )
+            return _batch_status(batch_id, await self._tracker.batch(batch_id, _caller()))
+
+    async def CancelBatch(
+        self, request: pool_pb2.BatchRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.BatchStatus:
+        async with _status_on_error(context):
+            batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
+            return _batch_status(batch_id, await self._tracker.cancel_batch(batch_id, _caller()))
 
     async def RunChunked(
         self, chunks: AsyncIterator[pool_pb2.Chunk], context: grpc.aio.ServicerContext
@@ -267,6 +309,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         budget: float | None,
         payload: bytes | bytearray | None = None,
     ) -> Job:
+        self._refuse_if_draining()
         if payload is None:
             payload = request.payload  # each read of a protobuf bytes field is a copy
         _check_sizes([payload])
@@ -337,6 +380,16 @@ async def _status_on_error(context: grpc.aio.ServicerContext) -> AsyncIterator[N
     except CallError as e:
         context.set_trailing_metadata(e.metadata())
         await context.abort(e.code, str(e))
+
+
+def _batch_status(batch_id: str, counts: BatchCounts) -> pool_pb2.BatchStatus:
+    finished = sum(counts.states.get(s, 0) for s in FINISHED_STATES)
+    return pool_pb2.BatchStatus(
+        batch_id=batch_id,
+        total=counts.total,
+        states=counts.states,
+        percent_done=100.0 * finished / counts.total,
+    )
 
 
 def _limits_message(limits: WorkerLimits) -> pool_pb2.WorkerLimits:

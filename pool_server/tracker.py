@@ -22,7 +22,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import TypeVar
 
 from pool_server.auth import Caller
@@ -209,6 +209,22 @@ class JobTracker:
             raise JobNotFound(f"no batch {brief(batch_id)} on this server")
         return counts
 
+    async def cancel_batch(self, batch_id: str, caller: Caller) -> BatchCounts:
+        """Cancel every unfinished job of the batch that ``caller`` may see
+        (issue 15: a durable map left running by a client that went away);
+        the batch's counts once those ends are journaled."""
+        await self.batch(batch_id, caller)  # JobNotFound, as for GetBatch
+        cancelled = [
+            job
+            for job in list(self._live.values())
+            if job.batch_id == batch_id and caller.may_see(job.owner) and not job.state.finished
+        ]
+        for job in cancelled:
+            self._pool.cancel(job)
+        for job in cancelled:
+            await self.settled(job)
+        return await self.batch(batch_id, caller)
+
     def live(self) -> list[Job]:
         """The durable jobs held in memory (unfinished, or finished and not
         yet journaled as such), oldest first: for metrics and the dashboard."""
@@ -218,7 +234,7 @@ class JobTracker:
         """How many jobs :meth:`live` holds in each state."""
         return collections.Counter(job.state for job in self._live.values())
 
-    async def watch(self, job_id: str, caller: Caller) -> AsyncIterator[Job]:
+    async def watch(self, job_id: str, caller: Caller) -> AsyncGenerator[Job, None]:
         """The job now, then after every change, until it is finished."""
         job = await self.get(job_id, caller)
         while True:

@@ -116,8 +116,9 @@ def test_a_user_without_a_home_is_asked_for_a_state_dir(
     assert parse_args(["--state-dir", "/tmp/x"]).state_dir == Path("/tmp/x")
 
 
-def test_port_in_use_exits_3(server: ServerProcess, tmp_path: Path) -> None:
-    """A second server on a taken port fails clearly instead of sharing it."""
+def test_port_in_use_exits_3_with_one_line(server: ServerProcess, tmp_path: Path) -> None:
+    """A second server on a taken port fails clearly instead of sharing it:
+    one line that says what to do, and none of gRPC's own (issue 15)."""
     port = server.address.rsplit(":", 1)[1]
     out = subprocess.run(
         [*SERVER_COMMAND, "--workers", "1", "--port", port, "--state-dir", str(tmp_path)],
@@ -126,7 +127,9 @@ def test_port_in_use_exits_3(server: ServerProcess, tmp_path: Path) -> None:
         timeout=30,
     )
     assert out.returncode == 3
-    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert out.stderr.endswith(f"port {port} is in use; pick another with --port\n")
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert "add_port" not in out.stderr and "GRPC_VERBOSITY" not in out.stderr
 
 
 def test_sigterm_lets_running_calls_finish(start_server: StartServer) -> None:
