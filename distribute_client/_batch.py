@@ -86,8 +86,10 @@ PENDING_CHUNKS_PER_WORKER = 2
 # time plus about one earlier chunk's, which it may wait behind.
 CHUNK_DEADLINE_FACTOR = PENDING_CHUNKS_PER_WORKER
 
-# Jobs per Submit RPC (fewer if the server's queue is smaller).
+# Jobs per Submit RPC (fewer if the server's queue is smaller), and payload
+# bytes at most, beside the function (a chunk larger than that goes alone).
 JOBS_PER_SUBMIT = 64
+MAX_SUBMIT_BYTES = 64 * 1024 * 1024
 
 # When the server's queue has no room, a durable map waits and tries again
 # (a plain chunk waits for room on the server, as any call does).
@@ -144,7 +146,10 @@ def calls_per_job(total: int | None, workers: int) -> int:
 
 
 def encode_chunks(
-    remote: Mappable, calls: list[Args], function_apart: bool = False
+    remote: Mappable,
+    calls: list[Args],
+    function_apart: bool = False,
+    pickled: _codec.PickledFunction | None = None,
 ) -> list[tuple[int, _codec.Encoded]]:
     """``calls`` as (number of calls, encoded chunk) pairs: one, or halves of
     it (recursively) while it pickles larger than MAX_CHUNK_BYTES. With
@@ -157,12 +162,13 @@ def encode_chunks(
         remote.retry_on,
         remote.shipped,
         function_apart=function_apart,
+        pickled=pickled,
     )
     if len(chunk.payload) <= MAX_CHUNK_BYTES or len(calls) == 1:
         return [(len(calls), chunk)]
     half = len(calls) // 2
-    return encode_chunks(remote, calls[:half], function_apart) + encode_chunks(
-        remote, calls[half:], function_apart
+    return encode_chunks(remote, calls[:half], function_apart, pickled) + encode_chunks(
+        remote, calls[half:], function_apart, pickled
     )
 
 
@@ -182,6 +188,7 @@ async def run_chunks(
     ``retries`` allow."""
     servers = remote.servers
     name = remote.function.__qualname__
+    pickled = _codec.pickle_function(remote.function, remote.shipped)  # once for every chunk
     sent: collections.deque[tuple[int, asyncio.Task[Answer]]] = collections.deque()
     running: set[asyncio.Task[Answer]] = set()  # sent and not finished
     exhausted = False
@@ -193,7 +200,7 @@ async def run_chunks(
                     await _transport.give_way(servers.single)
                 taken = list(itertools.islice(calls, min(chunk_size, max_in_flight - in_flight)))
                 exhausted = not taken
-                for count, chunk in encode_chunks(remote, taken, True) if taken else ():
+                for count, chunk in encode_chunks(remote, taken, True, pickled) if taken else ():
                     request = pool_pb2.RunRequest(
                         payload=chunk.payload,
                         retries=remote.retries,
@@ -253,6 +260,7 @@ async def map_chunks(
     in_flight = 0
     offset = 0  # of the next call taken, in the map's input
     name = remote.function.__qualname__
+    pickled = _codec.pickle_function(remote.function, remote.shipped)  # once for every chunk
     submitted = False
     try:
         while True:
@@ -261,7 +269,9 @@ async def map_chunks(
                 taken = list(itertools.islice(calls, room))
                 if taken:
                     in_flight += len(taken)
-                    chunks = await _submit_chunks(remote, taken, chunk_size, batch_id, offset)
+                    chunks = await _submit_chunks(
+                        remote, taken, chunk_size, batch_id, offset, pickled
+                    )
                     outstanding.extend(chunks)
                     offset += len(taken)
                     if not submitted:
@@ -299,21 +309,75 @@ def _say_durable(name: str, batch_id: str, several: bool) -> None:
 
 
 async def _submit_chunks(
-    remote: Mappable, calls: list[Args], chunk_size: int, batch_id: str, offset: int
+    remote: Mappable,
+    calls: list[Args],
+    chunk_size: int,
+    batch_id: str,
+    offset: int,
+    pickled: _codec.PickledFunction,
 ) -> list[_Chunk]:
+    """Submit ``calls`` in chunks, in Submits of at most MAX_SUBMIT_BYTES
+    of payloads each. The function travels beside the payloads, once per
+    Submit, and the server journals it once; a backend (which stands alone)
+    takes whole payloads."""
+    single = remote.servers.single
+    apart = single is None or not single.backend
     chunks = [
         chunk
         for i in range(0, len(calls), chunk_size)
-        for chunk in encode_chunks(remote, calls[i : i + chunk_size])
+        for chunk in encode_chunks(remote, calls[i : i + chunk_size], apart, pickled)
     ]
-    counts = [count for count, _ in chunks]
-    offsets = list(itertools.accumulate(counts[:-1], initial=offset))
-    payloads = [chunk.payload for _, chunk in chunks]
+    made: list[_Chunk] = []
+    try:
+        for group in _by_size(chunks):
+            counts = [count for count, _ in group]
+            offsets = list(itertools.accumulate(counts[:-1], initial=offset))
+            offset += sum(counts)
+            payloads = [chunk.payload for _, chunk in group]
+            jobs = await _submit_shielded(
+                remote, payloads, counts, batch_id, offsets, pickled if apart else None
+            )
+            made += [
+                _Chunk(job, count, asyncio.ensure_future(job.async_outcome()))
+                for job, count in zip(jobs, counts, strict=True)
+            ]
+    except asyncio.CancelledError:
+        await asyncio.gather(*(chunk.job.async_cancel() for chunk in made), return_exceptions=True)
+        raise
+    return made
+
+
+def _by_size(
+    chunks: list[tuple[int, _codec.Encoded]],
+) -> Iterator[list[tuple[int, _codec.Encoded]]]:
+    """The chunks in groups of at most MAX_SUBMIT_BYTES of payloads (one
+    larger chunk alone), so that no Submit nears the message limit."""
+    group: list[tuple[int, _codec.Encoded]] = []
+    size = 0
+    for chunk in chunks:
+        length = len(chunk[1].payload)
+        if group and size + length > MAX_SUBMIT_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(chunk)
+        size += length
+    if group:
+        yield group
+
+
+async def _submit_shielded(
+    remote: Mappable,
+    payloads: list[bytes],
+    counts: list[int],
+    batch_id: str,
+    offsets: list[int],
+    function: _codec.PickledFunction | None,
+) -> list[Job[Any]]:
     submitting = asyncio.ensure_future(
-        _submit_when_room(remote, payloads, counts, batch_id, offsets)
+        _submit_when_room(remote, payloads, counts, batch_id, offsets, function)
     )
     try:
-        jobs = await asyncio.shield(submitting)
+        return await asyncio.shield(submitting)
     except asyncio.CancelledError:
         # The server may have taken the jobs already, and only its answer
         # says which they are: wait for it, and cancel them too.
@@ -321,19 +385,20 @@ async def _submit_chunks(
             made = await submitting
             await asyncio.gather(*(job.async_cancel() for job in made), return_exceptions=True)
         raise
-    return [
-        _Chunk(job, count, asyncio.ensure_future(job.async_outcome()))
-        for job, count in zip(jobs, counts, strict=True)
-    ]
 
 
 async def _submit_when_room(
-    remote: Mappable, payloads: list[bytes], counts: list[int], batch_id: str, offsets: list[int]
+    remote: Mappable,
+    payloads: list[bytes],
+    counts: list[int],
+    batch_id: str,
+    offsets: list[int],
+    function: _codec.PickledFunction | None,
 ) -> list[Job[Any]]:
     delay = QUEUE_FULL_BACKOFF_MIN_S
     while True:
         try:
-            return await submit(remote, payloads, counts, batch_id, offsets)
+            return await submit(remote, payloads, counts, batch_id, offsets, function)
         except QueueFullError:  # other work fills the queue: wait for room, as a call would
             await asyncio.sleep(delay)
             delay = min(delay * 2, QUEUE_FULL_BACKOFF_MAX_S)

@@ -162,6 +162,20 @@ def encode_call(
     return Encoded(_checked(dumps(request), name), key, function_bytes)
 
 
+class PickledFunction(NamedTuple):
+    """A function pickled once for all the chunks of a map, and its key: a
+    large global it holds is pickled (and hashed) once, not per chunk."""
+
+    pickled: bytes
+    key: str
+
+
+def pickle_function(function: Callable[..., Any], shipped: Shipped) -> PickledFunction:
+    with _pickled_by_value(shipped.modules()):
+        pickled = _pickle_function(function)
+    return PickledFunction(pickled, function_key(pickled))
+
+
 def encode_batch(
     function: Callable[..., Any],
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
@@ -170,13 +184,17 @@ def encode_batch(
     shipped: Shipped,
     *,
     function_apart: bool = False,
+    pickled: PickledFunction | None = None,
 ) -> Encoded:
     """Many calls of one function in one payload: the function is pickled
-    once, and with ``function_apart`` travels beside the payload."""
+    once (or was, as ``pickled``), and with ``function_apart`` travels
+    beside the payload."""
     name = _name(function)
     modules = shipped.modules()
     with _pickled_by_value(modules):
-        function_bytes = _pickle_function(function)
+        if pickled is None:
+            pickled = PickledFunction(_pickle_function(function), "")
+        function_bytes = pickled.pickled
         try:
             items = cloudpickle.dumps(calls)
         except Exception as e:
@@ -195,7 +213,7 @@ def encode_batch(
     if not function_apart:
         whole = BatchRequest(function_bytes, items, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
-    key = function_key(function_bytes)
+    key = pickled.key or function_key(function_bytes)
     batch = BatchRequest(b"", items, *rest, function_hash=key, module_files=files)
     return Encoded(_checked(dumps(batch), name), key, function_bytes)
 

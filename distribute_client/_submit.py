@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from distribute_client import _balancer, _transport
+from distribute_client._codec import PickledFunction
 from distribute_client._jobs import Job
 from distribute_client._servers import Servers
 from pool_proto import pool_pb2
@@ -40,9 +41,11 @@ async def submit(
     item_counts: list[int],
     batch_id: str,
     item_offsets: Sequence[int] = (),
+    function: PickledFunction | None = None,
 ) -> list[Job[Any]]:
     """Submit one job per payload of ``remote``'s function in one RPC; all are
-    accepted or none.
+    accepted or none. With ``function``, the payloads name it by key and it
+    travels once, beside them.
 
     A job's time limit is ``remote.timeout`` per call it carries.
     """
@@ -55,6 +58,7 @@ async def submit(
         batch_id=batch_id,
         item_counts=item_counts,
         item_offsets=item_offsets,
+        function=function,
     )
 
 
@@ -68,6 +72,7 @@ async def submit_payloads(
     batch_id: str = "",
     item_counts: Sequence[int] = (),
     item_offsets: Sequence[int] = (),
+    function: PickledFunction | None = None,
 ) -> list[Job[Any]]:
     """One job per payload (pickled or JSON), in one Submit RPC to one of
     ``servers`` (chosen as a call's server would be).
@@ -82,6 +87,8 @@ async def submit_payloads(
         time_limit_s=time_limit_s,
         batch_id=batch_id,
         name=name,
+        function_hash=function.key if function is not None else "",
+        function=function.pickled if function is not None else b"",
         item_counts=item_counts,
         item_offsets=item_offsets,
     )

@@ -222,7 +222,7 @@ class GetWorkersReply(_message.Message):
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., queue_length: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., limits: _Optional[_Union[WorkerLimits, _Mapping]] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name", "item_counts", "item_offsets")
+    __slots__ = ("payloads", "retries", "time_limit_s", "batch_id", "name", "item_counts", "item_offsets", "function_hash", "function")
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_S_FIELD_NUMBER: _ClassVar[int]
@@ -230,6 +230,8 @@ class SubmitRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNTS_FIELD_NUMBER: _ClassVar[int]
     ITEM_OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_HASH_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
     payloads: _containers.RepeatedScalarFieldContainer[bytes]
     retries: int
     time_limit_s: float
@@ -237,7 +239,9 @@ class SubmitRequest(_message.Message):
     name: str
     item_counts: _containers.RepeatedScalarFieldContainer[int]
     item_offsets: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., item_counts: _Optional[_Iterable[int]] = ..., item_offsets: _Optional[_Iterable[int]] = ...) -> None: ...
+    function_hash: str
+    function: bytes
+    def __init__(self, payloads: _Optional[_Iterable[bytes]] = ..., retries: _Optional[int] = ..., time_limit_s: _Optional[float] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., item_counts: _Optional[_Iterable[int]] = ..., item_offsets: _Optional[_Iterable[int]] = ..., function_hash: _Optional[str] = ..., function: _Optional[bytes] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
     __slots__ = ("job_ids",)

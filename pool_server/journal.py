@@ -26,7 +26,16 @@ pickles that run after a restart, and other users' results.
 Schema versions: 1 had no ``owner`` column; version 2 adds it, with the
 existing rows owned by ``default`` (the name of an unnamed token); version 3
 adds ``item_offset``, where a map chunk's first call stands in its batch
-(0 for the rows before it).
+(0 for the rows before it); version 4 adds ``function_hash`` and the
+``functions`` table.
+
+A map's chunks name their function by key, and the journal keeps its bytes
+once, in ``functions``, for all of them (a function with a 32 MiB global
+was journaled once per chunk before). A job lets go of it when it finishes,
+as of its payload, and a function no unfinished job names is deleted.
+The database is in incremental auto-vacuum mode, so the pages of dropped
+payloads and functions go back to the file system as they go, and its WAL
+is cut back to ``WAL_KEEP_BYTES`` after each checkpoint.
 """
 
 from __future__ import annotations
@@ -57,7 +66,14 @@ PAYLOAD_DIR = "payloads"
 # (holding the GIL, so stalling the event loop) and then write it twice
 # (WAL, then checkpoint).
 FILE_PAYLOAD_BYTES = 1024 * 1024
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+# What the WAL is cut back to after a checkpoint: one large submit must not
+# leave the journal's files that large for good.
+WAL_KEEP_BYTES = 4 * 1024 * 1024
+
+# Free pages (4 KiB each) worth giving back: see Journal._give_space_back.
+VACUUM_PAGES = 1024
 
 # Only the server's user may read or write what the state dir holds.
 FILE_MODE = 0o600
@@ -88,8 +104,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL NOT NULL,
     finished_at REAL NOT NULL,
     owner TEXT NOT NULL DEFAULT 'default',
-    item_offset INTEGER NOT NULL DEFAULT 0
+    item_offset INTEGER NOT NULL DEFAULT 0,
+    function_hash TEXT NOT NULL DEFAULT ''  -- '' once finished, or for a job carrying its own
 );
+CREATE TABLE IF NOT EXISTS functions (hash TEXT PRIMARY KEY, pickled BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_by_function ON jobs (function_hash) WHERE function_hash != '';
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id);
@@ -102,27 +121,37 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _MIGRATIONS = {
     1: f"ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '{DEFAULT_OWNER}'",
     2: "ALTER TABLE jobs ADD COLUMN item_offset INTEGER NOT NULL DEFAULT 0",
+    3: "ALTER TABLE jobs ADD COLUMN function_hash TEXT NOT NULL DEFAULT ''",
 }
 
 _COLUMNS = (
     "id, batch_id, name, items, state, payload, outcome, error_kind, error, exit_code, attempts, "
     "max_attempts, time_limit, worker_id, progress, message, created_at, started_at, finished_at, "
-    "owner, item_offset"
+    "owner, item_offset, function_hash"
 )
 _COLUMN_COUNT = _COLUMNS.count(",") + 1
 
 _UPDATE = (
     "UPDATE jobs SET state=?, outcome=?, error_kind=?, error=?, exit_code=?, attempts=?, "
     "worker_id=?, progress=?, message=?, started_at=?, finished_at=?, "
-    "payload=CASE WHEN ? THEN NULL ELSE payload END WHERE id=?"
+    "payload=CASE WHEN ? THEN NULL ELSE payload END, "
+    "function_hash=CASE WHEN ? THEN '' ELSE function_hash END WHERE id=?"
+)
+
+# Functions that no unfinished job names any more.
+_UNNAMED_FUNCTIONS = (
+    "DELETE FROM functions WHERE hash NOT IN "
+    "(SELECT function_hash FROM jobs WHERE function_hash != '')"
 )
 
 # A job's state as the writer thread commits it: taken on the loop when the
 # job changes (the job itself goes on changing), in _UPDATE's order.
 Snapshot = tuple[object, ...]
-# A new job's whole row, payload included, in _COLUMNS' order.
+# A new job's whole row, payload included, in _COLUMNS' order, then the
+# bytes of the function it names (None when it carries its own).
 Row = tuple[object, ...]
 _PAYLOAD = 5  # the payload's place in a Row
+_FUNCTION_HASH = _COLUMN_COUNT - 1
 
 # A row as read back: by column name.
 Record = Mapping[str, Any]
@@ -163,6 +192,7 @@ def snapshot(job: Job) -> Snapshot:
         job.started_at,
         job.finished_at,
         job.state.finished,
+        job.state.finished,
         job.id,
     )
 
@@ -180,8 +210,13 @@ class Journal:
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
             )
             self._db.row_factory = sqlite3.Row
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+                # Only VACUUM switches an existing database over: once, here.
+                self._db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
+                self._db.execute("VACUUM")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
             check = self._db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
@@ -227,17 +262,41 @@ class Journal:
     def commit(self, added: list[Row], updates: list[Snapshot]) -> None:
         """New jobs' rows and changes of state, in one transaction (group commit)."""
         files = self._write_payload_files(added)
+        functions = {row[_FUNCTION_HASH]: row[-1] for row in added if row[-1] is not None}
+        finished = [str(entry[-1]) for entry in updates if entry[-2]]
         try:
             with self._errors("job changes could not be journaled"), self._transaction():
                 self._db.executemany(
+                    "INSERT OR IGNORE INTO functions (hash, pickled) VALUES (?, ?)",
+                    functions.items(),
+                )
+                self._db.executemany(
                     f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})",
-                    [_without_payload(row) if row[0] in files else row for row in added],
+                    [_columns(row, row[0] in files) for row in added],
                 )
                 self._db.executemany(_UPDATE, updates)
+                if finished:
+                    self._db.execute(_UNNAMED_FUNCTIONS)
         except JournalError:
             self._remove_payload_files(files)
             raise
-        self._remove_payload_files(str(entry[-1]) for entry in updates if entry[-2])
+        self._remove_payload_files(finished)
+        if finished:
+            self._give_space_back()
+
+    def _give_space_back(self) -> None:
+        """Once dropped payloads and functions have left ``VACUUM_PAGES`` free
+        pages, return them to the file system, and the WAL's space with them
+        (a failure costs space, not correctness). Below that it is not worth
+        the checkpoint's write on the path of every finished job."""
+        try:
+            if self._db.execute("PRAGMA freelist_count").fetchone()[0] < VACUUM_PAGES:
+                return
+            # It frees a page per step, and only executescript steps it to
+            # the end (a cursor stops after one page). No transaction is open.
+            self._db.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+        except sqlite3.Error as e:
+            log.warning("journal %s: could not give free space back: %s", self.path, e)
 
     def _write_payload_files(self, added: list[Row]) -> set[str]:
         """Write the large payloads of new jobs as files; their ids."""
@@ -268,6 +327,11 @@ class Journal:
         path = self._payload_dir / str(record["id"])
         if record["payload"] is None and path.exists():
             record["payload"] = path.read_bytes()
+        if record["function_hash"]:
+            function = self._db.execute(
+                "SELECT pickled FROM functions WHERE hash=?", (record["function_hash"],)
+            ).fetchone()
+            record["function"] = function[0] if function is not None else None
         return record
 
     # Reads return rows: a Job is made on the event loop (see job_from_row).
@@ -320,7 +384,9 @@ class Journal:
             cursor = self._db.execute(
                 "DELETE FROM jobs WHERE finished_at > 0 AND finished_at < ?", (finished_before,)
             )
-            return cursor.rowcount
+        if cursor.rowcount:
+            self._give_space_back()
+        return cursor.rowcount
 
     def _check_identity(self) -> None:
         """Refuse a journal that is not the one this state dir last had."""
@@ -400,6 +466,7 @@ def _disk_full(error: sqlite3.Error | OSError) -> bool:
 
 
 _SIDE = ("", "-wal", "-shm")  # the database's files: suffixes of its name
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 
 def _make_private(path: Path) -> None:
@@ -469,11 +536,18 @@ def new_row(job: Job) -> Row:
         job.finished_at,
         job.owner,
         job.item_offset,
+        job.function_hash if job.function is not None else "",
+        job.function,
     )
 
 
-def _without_payload(row: Row) -> Row:
-    return (*row[:_PAYLOAD], None, *row[_PAYLOAD + 1 :])
+def _columns(row: Row, payload_in_file: bool) -> Row:
+    """What a Row inserts into ``jobs``: no function bytes, and no payload
+    where it was written as a file."""
+    columns = row[:_COLUMN_COUNT]
+    if payload_in_file:
+        return (*columns[:_PAYLOAD], None, *columns[_PAYLOAD + 1 :])
+    return columns
 
 
 def job_from_row(row: Record) -> Job:
@@ -507,6 +581,8 @@ def _job(row: Record) -> Job:
         outcome=row["outcome"],
         owner=row["owner"],
         item_offset=row["item_offset"],
+        function=row["function"] if "function" in row.keys() else None,  # noqa: SIM118 - a Row
+        function_hash=row["function_hash"],
     )
     if row["error_kind"]:
         job.error = error_from_record(

@@ -57,6 +57,11 @@ _FUNCTION_NEEDED = (
     "send its pickled bytes in RunRequest.function"
 )
 
+_SUBMIT_FUNCTION_NEEDED = (
+    "this server does not hold the function named by function_hash; "
+    "send its pickled bytes in SubmitRequest.function"
+)
+
 # The server gives up this much before the client's deadline, so that its
 # reply (which says whether the call was queued or running) reaches the
 # client before the client's own deadline fires with a bare status.
@@ -195,8 +200,18 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             self._refuse_if_draining()
             payloads = list(request.payloads)  # each read of a protobuf bytes field is a copy
             _check_sizes(payloads)
+            function = None
+            if request.function_hash:
+                try:
+                    function = self._functions.resolve(request.function_hash, request.function)
+                except FunctionNeeded:
+                    raise InvalidCall(_SUBMIT_FUNCTION_NEEDED) from None
+                except ValueError as e:
+                    raise InvalidCall(str(e)) from None
             jobs = await self._tracker.submit(
                 payloads,
+                function=function,
+                function_hash=request.function_hash,
                 owner=_caller().name,
                 retries=_retries(request.retries),
                 time_limit=_time_limit(request.time_limit_s),

@@ -92,11 +92,15 @@ class JobTracker:
         name: str,
         item_counts: list[int],
         item_offsets: list[int] | None = None,
+        function: bytes | None = None,
+        function_hash: str = "",
     ) -> list[Job]:
         """Journal and queue new jobs, all or none; never waits for room.
 
         ``owner`` is the submitting caller's name; the other fields are
         checked by the service, bar how payloads and item counts fit together.
+        The payloads may name their function by ``function_hash``, its bytes
+        being ``function`` (checked by the service too).
         """
         if not payloads or not all(payloads):
             raise InvalidCall("Submit needs at least one payload, and no empty payloads")
@@ -120,6 +124,8 @@ class JobTracker:
                 item_offset=offset,
                 owner=owner,
                 listeners=self._pool.job_listeners,
+                function=function,
+                function_hash=function_hash,
             )
             for payload, items, offset in zip(
                 payloads, item_counts or [1] * len(payloads), offsets, strict=True

@@ -382,11 +382,10 @@ def test_a_version_1_journal_is_migrated(
         alice.close()
     server.stop()
     db = sqlite3.connect(state_dir / "journal.sqlite3")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
-    assert db.execute("SELECT owner, item_offset FROM jobs WHERE id='jold'").fetchone() == (
-        "default",
-        0,
-    )
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, switched once
+    row = db.execute("SELECT owner, item_offset, function_hash FROM jobs WHERE id='jold'")
+    assert row.fetchone() == ("default", 0, "")
     db.close()
 
 
