@@ -7,11 +7,13 @@ Usage::
 
 Each case runs in a fresh client process against one 2-worker server: a
 plain map, a durable map (journaled chunks), and a durable map with
-``chunk_size=1`` (one job per item). The function returns a byte of the
-global, so the work is nothing and the figures are what moving the global
-costs. Prints seconds, the client's peak RSS (``ru_maxrss``), and the state
-dir's size once the map has returned: the journal with its WAL, and the
-payload files of large unfinished payloads.
+``chunk_size=1`` (one job per item), and a plain map whose function refers
+to the global stored once with ``Client.put`` (timed with the put). The
+function returns a byte of the global, so the work is nothing and the
+figures are what moving the global costs. Prints seconds, the client's
+peak RSS (``ru_maxrss``), and the state dir's size once the map has
+returned: the journal with its WAL, and the payload files of large
+unfinished payloads.
 """
 
 from __future__ import annotations
@@ -31,20 +33,23 @@ CASES: dict[str, dict[str, object]] = {
     "plain map": {},
     "durable map": {"durable": True},
     "durable map, chunk_size=1": {"durable": True, "chunk_size": 1},
+    "plain map, put() + Ref": {"ref": True},
 }
 
 
 def client(address: str, mib: int, items: int, options: dict[str, object]) -> None:
     """One case, in this process: prints its seconds and peak RSS as JSON."""
-    from distribute_client import compute_this
+    from distribute_client import Client, compute_this
 
     table = os.urandom(mib << 20)
+    start = time.perf_counter()
+    options = dict(options)
+    stored: bytes = Client(address).put(table) if options.pop("ref", False) else table  # type: ignore[assignment]
 
     @compute_this(address)
     def lookup(i: int) -> int:
-        return table[i * 4096]
+        return stored[i * 4096]
 
-    start = time.perf_counter()
     with lookup.map(range(items), **options) as results:  # type: ignore[arg-type]
         values = list(results)
     seconds = time.perf_counter() - start

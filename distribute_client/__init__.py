@@ -69,6 +69,7 @@ from distribute_client.errors import ServerError as ServerError
 from distribute_client.errors import ServerShuttingDownError as ServerShuttingDownError
 from distribute_client.errors import ServerUnavailableError as ServerUnavailableError
 from distribute_client.errors import WorkerCrashedError as WorkerCrashedError
+from pool_wire.refs import Ref as Ref
 
 __all__ = [
     "AsyncMap",

@@ -205,6 +205,7 @@ async def run_chunks(
                         payload=chunk.payload,
                         retries=remote.retries,
                         function_hash=chunk.function_hash,
+                        refs=chunk.refs,
                     )
                     deadline = _chunk_deadline(remote.timeout, count)
                     sending = _balancer.run(
@@ -327,6 +328,8 @@ async def _submit_chunks(
         for i in range(0, len(calls), chunk_size)
         for chunk in encode_chunks(remote, calls[i : i + chunk_size], apart, pickled)
     ]
+    for _, chunk in chunks:
+        _codec.stand_alone(chunk, remote.function.__qualname__)
     made: list[_Chunk] = []
     try:
         for group in _by_size(chunks):

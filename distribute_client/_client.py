@@ -29,8 +29,12 @@ from distribute_client._sync import run_sync
 from distribute_client.errors import JobNotFoundError, PoolError
 from pool_proto import pool_pb2
 from pool_wire.names import FINISHED_STATES, JobState, WorkerState
+from pool_wire.refs import Ref
 
 T = TypeVar("T")
+
+# A stored object may be large: its upload gets minutes, not a lookup's seconds.
+PUT_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -295,6 +299,37 @@ class Client:
             return batch_status(await _transport.get_batch(address, request, LOOKUP_TIMEOUT_S))
         except JobNotFoundError:
             return None
+
+    async def async_put(self, value: Any) -> Ref:
+        """:meth:`put` from asyncio code."""
+        pickled = _codec.pickle_object(value)
+        request = pool_pb2.ObjectData(pickled=pickled)
+        answered, failed = await self._ask_each(
+            lambda address: _transport.put_object(address, request, PUT_TIMEOUT_S)
+        )
+        if failed:  # a call may go to any of them: each must hold it
+            raise failed[0][1]
+        reply = answered[0][1]
+        return Ref(reply.key, reply.size)
+
+    def put(self, value: Any) -> Ref:
+        """Store ``value`` on the server (on each of several) once, for calls
+        to use by reference: pass the Ref in its place, as an argument or a
+        global, and the function gets the value. Each call then carries only
+        the key, and each worker unpickles the value once. It stays in the
+        server's memory until :meth:`delete` or the server stops, so a
+        durable job cannot refer to one."""
+        return run_sync(self.async_put(value))
+
+    async def async_delete(self, ref: Ref) -> None:
+        request = pool_pb2.ObjectRef(key=ref.key)
+        await self._ask_each(
+            lambda address: _transport.delete_object(address, request, LOOKUP_TIMEOUT_S)
+        )
+
+    def delete(self, ref: Ref) -> None:
+        """Forget a stored object (calls already sent with it still have it)."""
+        run_sync(self.async_delete(ref))
 
     def batch(self, batch_id: str) -> Batch:
         """A batch's jobs per state and its completion percentage (done /

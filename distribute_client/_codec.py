@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import cloudpickle
 
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
+from pool_wire import refs
 from pool_wire.limits import MAX_PAYLOAD_BYTES
 from pool_wire.module_files import file_digest
 from pool_wire.payload import (
@@ -128,6 +129,7 @@ class Encoded(NamedTuple):
     payload: bytes
     function_hash: str = ""
     function: bytes = b""
+    refs: tuple[str, ...] = ()  # keys of the stored objects (Refs) it refers to
 
 
 def encode_call(
@@ -144,7 +146,7 @@ def encode_call(
     or with ``function_apart`` its function beside the payload."""
     name = _name(function)
     modules = shipped.modules()
-    with _pickled_by_value(modules):
+    with _pickled_by_value(modules), refs.collecting() as keys:
         function_bytes = _pickle_function(function)
         try:
             argument_bytes = cloudpickle.dumps((args, kwargs))
@@ -155,11 +157,12 @@ def encode_call(
     rest = (imported, retry_on, _source_files(function))
     files = _module_files(function, imported, modules)
     if not function_apart:
+        _stand_alone(keys, name)
         whole = CallRequest(function_bytes, argument_bytes, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
     key = function_key(function_bytes)
     request = CallRequest(b"", argument_bytes, *rest, function_hash=key, module_files=files)
-    return Encoded(_checked(dumps(request), name), key, function_bytes)
+    return Encoded(_checked(dumps(request), name), key, function_bytes, tuple(sorted(keys)))
 
 
 class PickledFunction(NamedTuple):
@@ -168,12 +171,13 @@ class PickledFunction(NamedTuple):
 
     pickled: bytes
     key: str
+    refs: frozenset[str] = frozenset()  # keys of the Refs among its globals
 
 
 def pickle_function(function: Callable[..., Any], shipped: Shipped) -> PickledFunction:
-    with _pickled_by_value(shipped.modules()):
+    with _pickled_by_value(shipped.modules()), refs.collecting() as keys:
         pickled = _pickle_function(function)
-    return PickledFunction(pickled, function_key(pickled))
+    return PickledFunction(pickled, function_key(pickled), frozenset(keys))
 
 
 def encode_batch(
@@ -191,9 +195,10 @@ def encode_batch(
     beside the payload."""
     name = _name(function)
     modules = shipped.modules()
-    with _pickled_by_value(modules):
+    with _pickled_by_value(modules), refs.collecting() as keys:
         if pickled is None:
             pickled = PickledFunction(_pickle_function(function), "")
+        keys.update(pickled.refs)
         function_bytes = pickled.pickled
         try:
             items = cloudpickle.dumps(calls)
@@ -211,11 +216,39 @@ def encode_batch(
     rest = (imported, retry_on, _source_files(function))
     files = _module_files(function, imported, modules)
     if not function_apart:
+        _stand_alone(keys, name)
         whole = BatchRequest(function_bytes, items, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
     key = pickled.key or function_key(function_bytes)
     batch = BatchRequest(b"", items, *rest, function_hash=key, module_files=files)
-    return Encoded(_checked(dumps(batch), name), key, function_bytes)
+    return Encoded(_checked(dumps(batch), name), key, function_bytes, tuple(sorted(keys)))
+
+
+def pickle_object(value: Any) -> bytes:
+    """An object to store (``Client.put``), pickled as a call's argument is."""
+    with _pickled_by_value(NOTHING_SHIPPED.modules()):
+        try:
+            return cloudpickle.dumps(value)  # type: ignore[no-any-return]
+        except Exception as e:
+            raise SerializationError(
+                f"the {type(value).__name__} to store could not be pickled: {e}"
+            ) from e
+
+
+def stand_alone(encoded: Encoded, name: str) -> None:
+    """Refuse a call that refers to stored objects where it must stand alone
+    (a durable job: the journal outlives the server's object store)."""
+    _stand_alone(set(encoded.refs), name)
+
+
+def _stand_alone(keys: set[str], name: str) -> None:
+    if keys:
+        raise SerializationError(
+            f"the call to {name} refers to stored objects ({', '.join(sorted(keys))}), which a "
+            "durable job or another backend cannot: they live in the server's memory only. "
+            "Pass the object itself (a durable map journals its function once), or run the "
+            "calls without durable=True"
+        )
 
 
 def encode_json_call(function: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:

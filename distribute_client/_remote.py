@@ -195,7 +195,10 @@ class Call(Generic[R]):
             await _transport.give_way(servers.single)
         call = self._encode(function_apart=True)
         request = pool_pb2.RunRequest(
-            payload=call.payload, retries=remote.retries, function_hash=call.function_hash
+            payload=call.payload,
+            retries=remote.retries,
+            function_hash=call.function_hash,
+            refs=call.refs,
         )
         reply, address = await _balancer.run(
             servers, request, remote.timeout, call.function, remote.retries

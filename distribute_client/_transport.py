@@ -153,6 +153,8 @@ class _Stub(Protocol):
     ListJobs: _Unary[pool_pb2.ListJobsRequest, pool_pb2.ListJobsReply]
     GetBatch: _Unary[pool_pb2.BatchRef, pool_pb2.BatchStatus]
     CancelBatch: _Unary[pool_pb2.BatchRef, pool_pb2.BatchStatus]
+    PutObject: _Unary[pool_pb2.ObjectData, pool_pb2.ObjectRef]
+    DeleteObject: _Unary[pool_pb2.ObjectRef, pool_pb2.ObjectRef]
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,30 @@ async def set_worker_limits(
             "worker limits are a pool-server's"
         )
     return await _unary(address, stub_for(address).SetWorkerLimits, request, deadline_s)
+
+
+async def put_object(
+    address: Address, request: pool_pb2.ObjectData, deadline_s: float | None
+) -> pool_pb2.ObjectRef:
+    """PutObject: store an object for calls to use by reference."""
+    _refuse_objects(address)
+    return await _unary(address, stub_for(address).PutObject, request, deadline_s)
+
+
+async def delete_object(
+    address: Address, request: pool_pb2.ObjectRef, deadline_s: float | None
+) -> pool_pb2.ObjectRef:
+    """DeleteObject: forget a stored object; its size (0 if it was not stored)."""
+    _refuse_objects(address)
+    return await _unary(address, stub_for(address).DeleteObject, request, deadline_s)
+
+
+def _refuse_objects(address: Address) -> None:
+    if address.backend:
+        raise InvalidRequestError(
+            f"{address} runs on {address.backend}: stored objects (Client.put) are a "
+            "pool-server's; pass the object itself"
+        )
 
 
 async def submit(

@@ -69,16 +69,32 @@ ERROR_KIND_JOURNAL_UNAVAILABLE: ErrorKind
 ERROR_KIND_QUEUE_FULL: ErrorKind
 
 class RunRequest(_message.Message):
-    __slots__ = ("payload", "retries", "function_hash", "function")
+    __slots__ = ("payload", "retries", "function_hash", "function", "refs")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RETRIES_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_HASH_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    REFS_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     retries: int
     function_hash: str
     function: bytes
-    def __init__(self, payload: _Optional[bytes] = ..., retries: _Optional[int] = ..., function_hash: _Optional[str] = ..., function: _Optional[bytes] = ...) -> None: ...
+    refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, payload: _Optional[bytes] = ..., retries: _Optional[int] = ..., function_hash: _Optional[str] = ..., function: _Optional[bytes] = ..., refs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ObjectData(_message.Message):
+    __slots__ = ("pickled",)
+    PICKLED_FIELD_NUMBER: _ClassVar[int]
+    pickled: bytes
+    def __init__(self, pickled: _Optional[bytes] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("key", "size")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    size: int
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("request", "reply", "total_bytes", "data")

@@ -99,6 +99,16 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.BatchStatus.FromString,
                 _registered_method=True)
+        self.PutObject = channel.unary_unary(
+                '/pool.Pool/PutObject',
+                request_serializer=pool__proto_dot_pool__pb2.ObjectData.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.ObjectRef.FromString,
+                _registered_method=True)
+        self.DeleteObject = channel.unary_unary(
+                '/pool.Pool/DeleteObject',
+                request_serializer=pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.ObjectRef.FromString,
+                _registered_method=True)
 
 
 class PoolServicer:
@@ -208,6 +218,21 @@ class PoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutObject(self, request, context):
+        """Objects stored once on the server for calls to use by reference
+        (distribute_client's Client.put and Ref): kept in the server's memory
+        until deleted or the server stops, never journaled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteObject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +300,16 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.CancelBatch,
                     request_deserializer=pool__proto_dot_pool__pb2.BatchRef.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.BatchStatus.SerializeToString,
+            ),
+            'PutObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutObject,
+                    request_deserializer=pool__proto_dot_pool__pb2.ObjectData.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
+            ),
+            'DeleteObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteObject,
+                    request_deserializer=pool__proto_dot_pool__pb2.ObjectRef.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,6 +663,60 @@ class Pool:
             '/pool.Pool/CancelBatch',
             pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
             pool__proto_dot_pool__pb2.BatchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/PutObject',
+            pool__proto_dot_pool__pb2.ObjectData.SerializeToString,
+            pool__proto_dot_pool__pb2.ObjectRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pool.Pool/DeleteObject',
+            pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
+            pool__proto_dot_pool__pb2.ObjectRef.FromString,
             options,
             channel_credentials,
             insecure,

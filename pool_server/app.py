@@ -167,7 +167,7 @@ async def _serve_journaled(
             return EXIT_STATE_UNUSABLE
         if not await _wait_ready(pool, stop):
             return EXIT_OK if stop.is_set() else EXIT_WORKERS_FAILED
-        service = PoolService(pool, tracker)
+        service = PoolService(pool, tracker, config.max_object_bytes)
         try:
             web = await _open_metrics_port(config, tokens, metrics, pool, tracker)
         except TlsSetupError as e:

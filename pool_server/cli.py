@@ -141,6 +141,15 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         help="allow --auth none on an address other hosts can reach",
     )
     parser.add_argument(
+        "--max-object-bytes",
+        type=_size,
+        default=default_max_queued_bytes(),
+        metavar="SIZE",
+        help="bytes of objects clients may store for their calls to use by reference "
+        "(Client.put), in memory until deleted or the server stops "
+        "(default: a quarter of memory, %(default)s)",
+    )
+    parser.add_argument(
         "--workdir",
         type=Path,
         metavar="DIR",
@@ -189,6 +198,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             metrics_port=args.metrics_port,
             serve_original_api=args.serve_original_api,
             workdir=args.workdir.resolve() if args.workdir is not None else None,
+            max_object_bytes=args.max_object_bytes,
         )
     except ValueError as e:
         parser.error(str(e))

@@ -58,6 +58,8 @@ class ServerConfig:
     # Also serve the original Go server's RemoteExecuteAPI (pool_server.original_api).
     serve_original_api: bool = False
     workdir: Path | None = None  # the workers' working directory; None: the server's
+    # Bytes of objects stored for calls to use by reference (Client.put).
+    max_object_bytes: int = field(default_factory=default_max_queued_bytes)
 
     def __post_init__(self) -> None:
         self._check_pool()
@@ -66,6 +68,8 @@ class ServerConfig:
             _check_port("metrics port", self.metrics_port)
         if self.queue_size < 1:
             raise ValueError(f"queue size must be at least 1, got {self.queue_size}")
+        if self.max_object_bytes < 0:
+            raise ValueError(f"max object bytes must be 0 or more, got {self.max_object_bytes}")
         if self.max_queued_bytes < 1:
             raise ValueError(f"max queued bytes must be at least 1, got {self.max_queued_bytes}")
         if self.grace < 0:

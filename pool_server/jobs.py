@@ -112,6 +112,9 @@ class Job:
     # names it by function_hash): handed to each worker that lacks it.
     function: bytes | None = None
     function_hash: str = ""
+    # (key, pickled bytes) of the stored objects the payload refers to
+    # (pool_server.objects): handed to each worker that lacks them.
+    objects: tuple[tuple[str, bytes], ...] = ()
     state: JobState = JobState.QUEUED
     attempts: int = 0
     crashes: int = 0  # of its workers, in this server's life (for the backoff)

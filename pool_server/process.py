@@ -39,7 +39,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ class WorkerProcess:
         self._arena_used = 0  # the end of the current job's payloads in the arena
         self._functions: FunctionCache[bool] = FunctionCache()  # the worker's, mirrored
         # What a ``missing`` answer to the current job is recovered with.
-        self._resend: tuple[ArenaJob | JobRequest, FunctionBytes] | None = None
+        self._resend: tuple[ArenaJob | JobRequest, list[FunctionBytes]] | None = None
         self.bytes_sent = 0  # written to the worker's protocol channel, all lines
         self.functions_sent = 0  # FUNCTION lines
         self.outcomes_from_arena = 0  # RESULTREF lines
@@ -230,13 +230,15 @@ class WorkerProcess:
         on_progress: Callable[[Progress], None],
         function: bytes | None = None,
         function_hash: str = "",
+        objects: Sequence[tuple[str, bytes]] = (),
     ) -> asyncio.Future[JobOutcome]:
         """Write one job to the worker; the future resolves with its outcome,
         or with :class:`WorkerDied` if the worker closes its channel first.
 
         A payload with ``function_hash`` set names its function by that key;
         ``function`` (its pickled bytes) goes first, on a FUNCTION line, if
-        the worker does not have it yet.
+        the worker does not have it yet, and so does each of the stored
+        ``objects`` (key, pickled bytes) it refers to.
         """
         reply: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
         if self.gone.done():
@@ -247,12 +249,13 @@ class WorkerProcess:
         self._start_output(job_id)
         job = self._job_line(job_id, payload)
         lines: list[Message] = [job]
-        self._resend = None
+        offers = [FunctionBytes(key, pickled) for key, pickled in objects]
         if function_hash and function is not None:
-            offer = FunctionBytes(function_hash, function)
-            self._resend = (job, offer)
-            if self._functions.get(function_hash) is None:  # as the worker will look it up
-                lines.insert(0, self._offered(offer))
+            offers.append(FunctionBytes(function_hash, function))
+        self._resend = (job, offers) if offers else None
+        for offer in offers:
+            if self._functions.get(offer.key) is None:  # as the worker will look it up
+                lines.insert(-1, self._offered(offer))
         await self._write(lines)
         return reply
 
@@ -493,17 +496,18 @@ class WorkerProcess:
         """
         if self._resend is None or self._proc.stdin is None or self._proc.stdin.is_closing():
             return False
-        job, offer = self._resend
+        job, offers = self._resend
         self._resend = None
         log.warning(
-            "worker %d (pid %d) lacked function %s for job %s; sending it again",
+            "worker %d (pid %d) lacked function or object %s for job %s; sending it again",
             self.worker_id,
             self.pid,
-            offer.key,
+            ", ".join(offer.key for offer in offers),
             job_id,
         )
-        self._functions.discard(offer.key)
-        for message in (self._offered(offer), job):
+        for offer in offers:
+            self._functions.discard(offer.key)
+        for message in (*(self._offered(offer) for offer in offers), job):
             for part in encode_parts(message):  # buffered, and drained as the worker reads
                 self._proc.stdin.write(part)
                 self.bytes_sent += len(part)

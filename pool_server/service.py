@@ -27,6 +27,7 @@ from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
 from pool_server.journal import BatchCounts
 from pool_server.load import LoadReporter
+from pool_server.objects import ObjectStore
 from pool_server.procfs import rss_bytes
 from pool_server.scaling import WorkerLimits
 from pool_server.supervisor import WorkerPool
@@ -69,10 +70,13 @@ DEADLINE_MARGIN_S = 0.05
 
 
 class PoolService(pool_pb2_grpc.PoolServicer):
-    def __init__(self, pool: WorkerPool, tracker: JobTracker) -> None:
+    def __init__(
+        self, pool: WorkerPool, tracker: JobTracker, max_object_bytes: int = 1 << 30
+    ) -> None:
         self._pool = pool
         self._tracker = tracker
         self._functions = FunctionStore()
+        self.objects = ObjectStore(max_object_bytes)
         self._streams: set[CallStream] = set()
         self._load = LoadReporter(pool)
         self._draining = False
@@ -283,6 +287,20 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             batch_id = _text("batch_id", request.batch_id, MAX_BATCH_ID_CHARS)
             return _batch_status(batch_id, await self._tracker.cancel_batch(batch_id, _caller()))
 
+    async def PutObject(
+        self, request: pool_pb2.ObjectData, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.ObjectRef:
+        async with _status_on_error(context):
+            pickled = request.pickled  # each read of a protobuf bytes field is a copy
+            return pool_pb2.ObjectRef(key=self.objects.put(pickled), size=len(pickled))
+
+    async def DeleteObject(
+        self, request: pool_pb2.ObjectRef, context: grpc.aio.ServicerContext
+    ) -> pool_pb2.ObjectRef:
+        async with _status_on_error(context):
+            key = _text("key", request.key, MAX_ID_CHARS)
+            return pool_pb2.ObjectRef(key=key, size=self.objects.delete(key))
+
     async def RunChunked(
         self, chunks: AsyncIterator[pool_pb2.Chunk], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pool_pb2.Chunk]:
@@ -341,6 +359,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             listeners=self._pool.job_listeners,
             function=function,
             function_hash=request.function_hash,
+            objects=tuple((key, self.objects.get(key)) for key in request.refs),
         )
         queued = False
         try:

@@ -385,7 +385,7 @@ class WorkerPool:
         try:
             progressed = functools.partial(_progressed, job)
             sent = await process.send(
-                job.id, job.payload, progressed, job.function, job.function_hash
+                job.id, job.payload, progressed, job.function, job.function_hash, job.objects
             )
             if job.max_attempts == 1:
                 # Nothing in this server's life sends it again (a durable job's

@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Generic, TypeVar
 
-# Enough for the functions of a busy notebook session; a worker holds up to
-# this much of them, pickled or not.
+# Enough for the functions of a busy notebook session and the objects its
+# calls refer to (``pool_wire.refs``, which share the cache); a worker holds
+# up to this much of them, pickled or not.
 FUNCTION_CACHE_ENTRIES = 64
-FUNCTION_CACHE_BYTES = 64 << 20
+FUNCTION_CACHE_BYTES = 1 << 30
 
 V = TypeVar("V")
 

@@ -49,6 +49,7 @@ from typing import BinaryIO
 
 from tblib import pickling_support
 
+from pool_wire import refs
 from pool_wire.arena import Arena
 from pool_wire.limits import ARENA_THRESHOLD_BYTES
 from pool_wire.protocol import (
@@ -68,7 +69,13 @@ from pool_wire.protocol import (
     encode_parts,
 )
 from worker_proc.reporting import reporting
-from worker_proc.runner import CachedFunction, Functions, failure_summary, run_checked
+from worker_proc.runner import (
+    CachedFunction,
+    Functions,
+    failure_summary,
+    resolve_object,
+    run_checked,
+)
 
 EXIT_PROTOCOL_ERROR = 3  # the server sent something this worker cannot parse
 EXIT_RETIRED = 4  # a call left this worker unfit; the server replaces it
@@ -125,6 +132,7 @@ def main() -> int:
             protocol_out.flush()
 
     session = _Session(write, fixture, arena, Functions())
+    refs.set_resolver(functools.partial(resolve_object, session.functions))
     write(Ready(os.getpid(), PROTOCOL_VERSION))
     reader = LineReader()
     while chunk := os.read(protocol_in, READ_CHUNK_BYTES):

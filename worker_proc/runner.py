@@ -62,6 +62,7 @@ from pool_wire.payload import (
     loads_request,
 )
 from pool_wire.protocol import ResultStatus
+from pool_wire.refs import RefMissing
 from pool_wire.source_files import same_module_functions
 from worker_proc import freshness
 from worker_proc.original import run_original
@@ -75,10 +76,13 @@ _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pick
 @dataclass
 class CachedFunction:
     """A function of the worker's cache: its pickle until a call needs it,
-    then the function (unpickled once, after that call's depmodules)."""
+    then the function (unpickled once, after that call's depmodules). A
+    stored object (``pool_wire.refs``) shares the cache: then ``value``."""
 
     pickled: bytes
     function: Callable[..., Any] | None = None
+    loaded: bool = False  # an object's: unpickled into value
+    value: Any = None
 
 
 Functions = FunctionCache[CachedFunction]
@@ -135,7 +139,7 @@ def run_checked(
         checked = check()
         ran = _Ran(OutcomeStatus.RAISED, error=e.__cause__)
         return (*_answer(json, [ran], batch=False), checked)
-    except _Missing as e:
+    except (_Missing, RefMissing) as e:
         checked = check()
         ran = _Ran(OutcomeStatus.BAD_REQUEST, error=e, context="the call could not be run")
         return ResultStatus.MISSING, _answer(json, [ran], batch=False)[1], checked
@@ -372,6 +376,19 @@ def _cached(
         entry.function = _unpickle_function(entry.pickled, source_files)
         entry.pickled = b""
     return entry.function
+
+
+def resolve_object(functions: Functions, key: str) -> Any:
+    """The stored object of ``key`` from the worker's cache, unpickled on first use."""
+    entry = functions.get(key)
+    if entry is None:
+        raise RefMissing(
+            f"the call refers to object {key}, which worker pid {os.getpid()} does not have "
+            "(the server sends it again; if you see this, it could not)"
+        )
+    if not entry.loaded:
+        entry.value, entry.loaded, entry.pickled = cloudpickle.loads(entry.pickled), True, b""
+    return entry.value
 
 
 def _restore_source_files(function: Callable[..., Any], files: dict[str, str]) -> None:
