@@ -284,7 +284,11 @@ def _pickle_function(function: Callable[..., Any]) -> bytes:
     try:
         return cloudpickle.dumps(function)  # type: ignore[no-any-return]
     except Exception as e:
-        raise SerializationError(f"function {_name(function)} could not be pickled: {e}") from e
+        raise SerializationError(
+            f"function {_name(function)} could not be pickled: {e}; a local module it uses "
+            "travels by value with the globals the function reaches, so use names imported "
+            "from it (from mymodel import predict) rather than the whole module"
+        ) from e
 
 
 def _checked(payload: bytes, name: str) -> bytes:
