@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     security = parser.add_argument_group(
         "security",
         "Clients need a token unless --auth none: POOL_TOKEN, else the lines of --token-file "
-        "(or POOL_TOKEN_FILE), else <state-dir>/token, made on first start. "
+        "(or POOL_TOKEN_FILE), else <state-dir>/token (without --state-dir: the state root's, "
+        "shared by this user's servers), made on first start. "
         "`pool-server token [--rotate]` prints (or adds) one; SIGHUP reloads the file.",
     )
     security.add_argument(
