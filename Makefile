@@ -1,7 +1,9 @@
 # One command for each thing a newcomer does; every target installs first.
-#   make demo    install, start pool-server on :50051, run test.py against it, keep serving
-#   make test    install, lint, type-check and run the whole test suite (as root it
-#                apt-gets the Debian packages some tests use: tools/system-packages)
+#   make demo    install what running needs (pip install -e .), start pool-server on
+#                :50051, run test.py against it, keep serving
+#   make test    install the development toolchain too ('.[dev]'), lint, type-check and
+#                run the whole test suite (as root it apt-gets the Debian packages some
+#                tests use: tools/system-packages)
 #   make bench   install and print the core latency/throughput, job and memory figures
 #                (the peer comparison: python -m bench, after pip install -e '.[bench]')
 #   make proto   regenerate pool_proto/ from proto/*.proto
@@ -12,15 +14,25 @@ BIN := $(VENV)/bin
 WORKERS ?= 4
 PORT ?= 50051
 
-.PHONY: install system-packages demo serve test lint bench proto
+.PHONY: install install-dev system-packages demo serve test lint bench proto
 
-install: $(VENV)/.installed
+# What running needs: the server, the client, their dependencies.
+install: $(VENV)/.installed-run
+
+# That and the development toolchain (pytest, ruff, mypy, grpcio-tools, ...).
+install-dev: $(VENV)/.installed
+
+$(VENV)/.installed-run: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
 demo: install
 	$(BIN)/pool-server --workers $(WORKERS) --port $(PORT) | \
@@ -30,7 +42,7 @@ demo: install
 serve: install
 	$(BIN)/pool-server --workers $(WORKERS) --port $(PORT)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -46,6 +58,6 @@ bench: install
 	$(BIN)/python -m bench.jobs_throughput
 	$(BIN)/python -m bench.many_clients
 
-proto: install
+proto: install-dev
 	$(BIN)/python -m grpc_tools.protoc -Ipool_proto=proto --python_out=. \
 	  --grpc_python_out=. --pyi_out=. proto/pool.proto proto/orca.proto proto/challenge.proto

@@ -50,6 +50,7 @@ from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._submit import Submittable, submit
 from distribute_client._sync import CANCEL_WAIT_S, run_soon, run_sync
+from distribute_client._tracebacks import user_frames
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
 from pool_wire.payload import CallOutcome
@@ -466,9 +467,10 @@ class AsyncMap(Generic[R]):
         return self
 
     async def __anext__(self) -> R:
-        if not self._ready:
-            await self.fill()
-        return self.pop()
+        with user_frames:
+            if not self._ready:
+                await self.fill()
+            return self.pop()
 
     async def fill(self) -> None:
         """Wait for the next chunk's outcomes (StopAsyncIteration after the last)."""
@@ -560,16 +562,17 @@ class Map(Generic[R]):
 
     def __next__(self) -> R:
         # One trip to the loop thread per chunk, not per call.
-        if not self._results.ready:
-            try:
-                run_sync(self._results.fill())
-            except StopAsyncIteration:
-                _interrupt.closed(self)
-                raise StopIteration from None
-            except KeyboardInterrupt as e:
-                self.interrupted(e)
-                raise
-        return self._results.pop()
+        with user_frames:
+            if not self._results.ready:
+                try:
+                    run_sync(self._results.fill())
+                except StopAsyncIteration:
+                    _interrupt.closed(self)
+                    raise StopIteration from None
+                except KeyboardInterrupt as e:
+                    self.interrupted(e)
+                    raise
+            return self._results.pop()
 
     def close(self) -> None:
         """Stop early: cancel the chunks still outstanding."""

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import cloudpickle
 
+from distribute_client._tracebacks import drop_client_frames
 from distribute_client.errors import ProtocolError, RemoteError, SerializationError
 from pool_wire import refs
 from pool_wire.limits import MAX_PAYLOAD_BYTES
@@ -391,6 +392,7 @@ def decode_items(data: bytes | bytearray, name: str, where: str) -> list[Any]:
         try:
             settled.append(value_of(item, name, where))
         except Exception as e:
+            drop_client_frames(e)  # it stands in a list: only its remote frames
             settled.append(e)
     return settled
 

@@ -9,6 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from distribute_client import _codec, _transport
 from distribute_client._sync import run_sync
+from distribute_client._tracebacks import user_frames
 from distribute_client.errors import (
     CallTimeoutError,
     JobCancelledError,
@@ -131,10 +132,11 @@ class Job(Generic[R]):
         *,
         unpickle: bool = True,
     ) -> R:
-        status, outcome = await self.async_outcome(timeout)
-        self._check_unpicklable(outcome, unpickle)
-        value: R = _codec.decode_outcome(outcome, self.name, self.where(status))
-        return value
+        with user_frames:
+            status, outcome = await self.async_outcome(timeout)
+            self._check_unpicklable(outcome, unpickle)
+            value: R = _codec.decode_outcome(outcome, self.name, self.where(status))
+            return value
 
     async def async_results(
         self,
@@ -195,7 +197,8 @@ class Job(Generic[R]):
         SerializationError instead of running the submitter's ``__reduce__``:
         for reading results you did not submit yourself.
         """
-        return run_sync(self.async_result(timeout, unpickle=unpickle))
+        with user_frames:
+            return run_sync(self.async_result(timeout, unpickle=unpickle))
 
     async def async_cancel(self) -> JobStatus:
         reply = await _transport.cancel_job(self.address, self._ref(), LOOKUP_TIMEOUT_S)

@@ -14,6 +14,7 @@ from distribute_client._client import Client
 from distribute_client._jobs import Job
 from distribute_client._servers import Servers, ServerSpec, TokenSpec
 from distribute_client._sync import run_sync
+from distribute_client._tracebacks import user_frames
 from pool_proto import pool_pb2
 
 P = ParamSpec("P")
@@ -73,7 +74,8 @@ class RemoteFunction(Generic[P, R]):
 
     async def async_run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run one call from asyncio code: ``await f.async_run(x)``."""
-        return await self(*args, **kwargs).async_run()
+        with user_frames:
+            return await self(*args, **kwargs).async_run()
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Submit one call as a durable job: ``job = f.submit(x)``."""
@@ -186,6 +188,10 @@ class Call(Generic[R]):
 
     async def async_run(self) -> R:
         """Run the call on the server and return its value (or raise its error)."""
+        with user_frames:
+            return await self._run()
+
+    async def _run(self) -> R:
         remote = self.remote
         if remote.durable:
             job = await self.async_submit()
@@ -209,7 +215,8 @@ class Call(Generic[R]):
 
     def compute(self) -> R:
         """Run the call and block until its value is back."""
-        return run_sync(self.async_run())
+        with user_frames:
+            return run_sync(self.async_run())
 
     run = compute  # the original's name
 

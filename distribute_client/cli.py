@@ -15,12 +15,27 @@ so no pickling happens here; ``result`` reads JSON results, and pickled ones
 (submitted from Python) only with ``--unpickle``. ``result`` of a map
 chunk's job or of a batch prints one line per call in input order: its value
 as JSON, or ``error: Type: message`` where it raised (exit 1 if any did).
+``jobs`` lists the newest 50 (``--limit N`` for more) and says on stderr
+when there are more than it shows.
 Output is for people; ``--json`` prints JSON for scripts (a job's id is
-``id`` in all of it). Exit codes: 0 done, 1 the job failed (its error is
-printed), 2 bad usage (a malformed --server or $POOL_SERVER among it), 3
-not finished in time, 4 cancelled, 5 no such job, 6 no server (or it is
-shutting down, or cannot reach its journal), 7 the server refused the token
-(or none was found), 8 ``load`` achieved less than 95% of the rate it offered.
+``id`` in all of it), and then errors too, as one line on stderr:
+``{"error": {"kind": "timed-out", "type": "JobTimedOutError", "message": ...,
+"exit_code": 9}}``.
+
+Exit codes (the error kind ``--json`` gives each in brackets):
+
+  0  done
+  1  the job failed; its error is printed (job-failed)
+  2  bad usage: a malformed --server or $POOL_SERVER, a function that is not
+     MODULE:FUNCTION, a request the server rejected as malformed (usage)
+  3  not finished in time: you stopped waiting (result --timeout); the job
+     goes on (not-finished)
+  4  the job was cancelled (cancelled)
+  5  no such job or batch (not-found)
+  6  no server, or it is shutting down or cannot reach its journal (unavailable)
+  7  the server refused the token, or none was found (refused)
+  8  ``load`` achieved less than 95% of the rate it offered (slow)
+  9  the job ran past its own time limit, TIMED_OUT (timed-out)
 
 Only the public client API is used here: what this tool does, a script can.
 """
@@ -35,7 +50,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from distribute_client import (
     AuthenticationError,
@@ -46,6 +61,7 @@ from distribute_client import (
     JobCancelledError,
     JobNotFoundError,
     JobStatus,
+    JobTimedOutError,
     PoolError,
     ProtocolError,
     RemoteError,
@@ -68,6 +84,24 @@ EXIT_NOT_FOUND = 5
 EXIT_UNAVAILABLE = 6
 EXIT_REFUSED = 7
 EXIT_SLOW = 8
+EXIT_JOB_TIMED_OUT = 9
+
+# What --json calls each exit code's error.
+_ERROR_KINDS = {
+    EXIT_JOB_FAILED: "job-failed",
+    EXIT_USAGE: "usage",
+    EXIT_TIMEOUT: "not-finished",
+    EXIT_CANCELLED: "cancelled",
+    EXIT_NOT_FOUND: "not-found",
+    EXIT_UNAVAILABLE: "unavailable",
+    EXIT_REFUSED: "refused",
+    EXIT_SLOW: "slow",
+    EXIT_JOB_TIMED_OUT: "timed-out",
+}
+
+# What ``jobs`` lists without --limit, and the most the server answers.
+DEFAULT_JOBS_LIMIT = 50
+MAX_JOBS_LIMIT = 10_000
 
 # The most specific class first: the first match decides the exit code.
 _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -78,56 +112,92 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (ProtocolError, EXIT_USAGE),
     (JobNotFoundError, EXIT_NOT_FOUND),
     (JobCancelledError, EXIT_CANCELLED),
+    # The job ran past its own limit, not "this client stopped waiting".
+    (JobTimedOutError, EXIT_JOB_TIMED_OUT),
     (CallTimeoutError, EXIT_TIMEOUT),
     (WorkerCrashedError, EXIT_JOB_FAILED),
-    (RemoteError, EXIT_JOB_FAILED),
     (PoolError, EXIT_JOB_FAILED),
 )
 
 _EXIT_FOR_STATE = {
     JobState.DONE: EXIT_OK,
     JobState.CANCELLED: EXIT_CANCELLED,
-    JobState.TIMED_OUT: EXIT_TIMEOUT,
+    JobState.TIMED_OUT: EXIT_JOB_TIMED_OUT,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # Known before parsing, so that usage errors come as JSON too.
+    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    parser = _parser(json_errors=as_json)
     args = parser.parse_args(argv)
     if args.command is _submit:
         args.kwargs = _kwargs(parser, args.kwargs)
     try:
         client = Client(args.server, token=_token(args.token_file))
     except ValueError as e:  # a malformed --server, $POOL_SERVER or token file
-        print(f"pool-client: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(EXIT_USAGE, "", str(e), as_json)
     try:
         code: int = args.command(client, args)
     except Exception as e:
-        for error_type, exit_code in _EXIT_CODES:
-            if isinstance(e, error_type):
-                print(f"pool-client: {type(e).__name__}: {e}", file=sys.stderr)
-                return exit_code
-        print(f"pool-client: the job raised {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        if isinstance(e, RemoteError) or not isinstance(e, PoolError):
+            # The job's own exception (rebuilt here, or not): named as the job raised it.
+            fields = _error_fields(e)
+            if as_json:
+                return _fail(EXIT_JOB_FAILED, fields["type"], fields["message"], True)
+            text = f"the job raised {fields['type']}: {fields['message']}"
+            return _fail(EXIT_JOB_FAILED, "", text, False)
+        exit_code = next(code for kind, code in _EXIT_CODES if isinstance(e, kind))
+        return _fail(exit_code, type(e).__name__, str(e), as_json)
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _fail(code: int, type_name: str, message: str, as_json: bool) -> int:
+    """Print an error on stderr, as one line of text or of JSON, and return ``code``."""
+    if as_json:
+        error = {"kind": _ERROR_KINDS[code], "type": type_name or None, "message": message}
+        print(json.dumps({"error": {**error, "exit_code": code}}), file=sys.stderr, flush=True)
+    else:
+        print(
+            f"pool-client: {type_name}: {message}" if type_name else f"pool-client: {message}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors come as a JSON line under ``--json``."""
+
+    def __init__(self, *args: Any, json_errors: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_errors = json_errors
+
+    def error(self, message: str) -> NoReturn:
+        if not self.json_errors:
+            super().error(message)
+        _fail(EXIT_USAGE, "UsageError", f"{self.prog}: {message}", True)
+        sys.exit(EXIT_USAGE)
+
+
+def _parser(json_errors: bool = False) -> _Parser:
+    parser = _Parser(
         prog="pool-client",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        json_errors=json_errors,
     )
     _add_common(parser, default=None)
     # The same options after the command (`status ID --json`); SUPPRESS keeps a
     # subcommand from overwriting what was given before it.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     _add_common(common, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, function: Callable[[Client, argparse.Namespace], int], help: str) -> Any:
         sub = commands.add_parser(name, help=help, description=help, parents=[common])
+        sub.json_errors = json_errors
         sub.set_defaults(command=function)
         return sub
 
@@ -175,10 +245,20 @@ def _parser() -> argparse.ArgumentParser:
             )
     jobs = command("jobs", _jobs, "list jobs, newest first")
     jobs.add_argument(
-        "--state", choices=[state.value for state in JobState], help="only jobs in this state"
+        "--state",
+        type=_job_state,
+        metavar="STATE",
+        help=f"only jobs in this state, in any case: {', '.join(s.value for s in JobState)}",
     )
     jobs.add_argument("--batch", help="only jobs of this batch")
-    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument(
+        "--limit",
+        type=_jobs_limit,
+        default=DEFAULT_JOBS_LIMIT,
+        metavar="N",
+        help=f"list at most N jobs, 1 to {MAX_JOBS_LIMIT} (default: %(default)s); "
+        "a line on stderr says when there are more",
+    )
     batch = command("batch", _batch, "show a batch's completion")
     batch.add_argument("batch_id", metavar="BATCH_ID")
     _add_load(command("load", _load, "offer calls at a fixed rate and report the latencies"))
@@ -300,10 +380,34 @@ def _token(path: Path | None) -> str | None:
 
 
 def _function_name(text: str) -> str:
+    """``MODULE:FUNCTION``, checked here: the worker would only fail on it later."""
     module, sep, name = text.partition(":")
-    if not sep or not module or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION, e.g. mypkg.sims:run")
-    return text
+    if sep and _dotted(module) and _dotted(name):
+        return text
+    hint = "e.g. mypkg.sims:run"
+    if not sep and _dotted(text) and "." in text:
+        head, _, tail = text.rpartition(".")
+        hint = f"did you mean {head}:{tail}? (a colon before the function)"
+    raise argparse.ArgumentTypeError(f"{text!r} is not MODULE:FUNCTION; {hint}")
+
+
+def _dotted(text: str) -> bool:
+    """A dotted name of identifiers: ``mypkg.sims``, ``Model.fit``."""
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def _job_state(text: str) -> JobState:
+    try:
+        return JobState(text.strip().upper().replace("-", "_"))
+    except ValueError:
+        states = ", ".join(state.value for state in JobState)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job state: {states}") from None
+
+
+def _jobs_limit(text: str) -> int:
+    return _number(
+        text, int, lambda v: 1 <= v <= MAX_JOBS_LIMIT, f"a whole number from 1 to {MAX_JOBS_LIMIT}"
+    )
 
 
 def _load_function(text: str) -> load_generator.LoadFunction:
@@ -448,7 +552,16 @@ def _watch(client: Client, args: argparse.Namespace) -> int:
 
 
 def _jobs(client: Client, args: argparse.Namespace) -> int:
-    statuses = client.jobs(state=args.state, batch_id=args.batch, limit=args.limit)
+    limit: int = args.limit
+    # One more than shown, to know whether there are more.
+    statuses = client.jobs(state=args.state, batch_id=args.batch, limit=limit + 1)
+    if len(statuses) > limit:
+        statuses = statuses[:limit]
+        print(
+            f"pool-client: showing the newest {limit} jobs, and there are more; --limit N for more",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.json:
         _print_json([dataclasses.asdict(s) for s in statuses])
         return EXIT_OK

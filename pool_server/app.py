@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -28,7 +29,7 @@ from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.auth import Authenticator, AuthSetupError, TokenStore, reload_on_sighup
 from pool_server.bind import BindError, listen
 from pool_server.config import ServerConfig
-from pool_server.journal import Journal, JournalError
+from pool_server.journal import JOURNAL_FILE, Journal, JournalError
 from pool_server.journal_writer import JournalWriter
 from pool_server.metrics import PoolMetrics
 from pool_server.service import PoolService
@@ -37,6 +38,7 @@ from pool_server.supervisor import WorkerPool, open_pool
 from pool_server.tls import TlsSetupError
 from pool_server.tracker import JobTracker
 from pool_wire.limits import GRPC_MESSAGE_OPTIONS
+from pool_wire.tokens import port_state_dir, state_root
 
 if TYPE_CHECKING:
     from pool_server.web import MetricsPort
@@ -100,42 +102,23 @@ def _raise_open_file_limit() -> None:
 
 
 async def _serve(config: ServerConfig) -> int:
+    """Tokens, then the port, then the state dir: the default one is named
+    after the port bound (``--port 0`` picks it), and holds the token only
+    when given (by default every server of this user shares the state
+    root's token, which the clients of this user find for any port)."""
     started = time.monotonic()
     stop, hurry = _stop_on_signals()
+    token_dir = config.state_dir or state_root()
     try:
-        prepare_state_dir(config.state_dir)
-        lock = lock_state_dir(config.state_dir)
+        prepare_state_dir(token_dir)
     except OSError as e:
         log.error("%s", e)
         return EXIT_STATE_UNUSABLE
     try:
-        tokens = _load_tokens(config)
+        tokens = _load_tokens(config, token_dir)
     except AuthSetupError as e:
         log.error("%s", e)
-        lock.__exit__(None, None, None)
         return EXIT_AUTH_UNUSABLE
-    try:
-        journal = Journal(config.state_dir)
-    except JournalError as e:
-        log.error("%s", e)
-        lock.__exit__(None, None, None)
-        return EXIT_STATE_UNUSABLE
-    with lock:
-        writer = JournalWriter(journal)
-        try:
-            return await _serve_journaled(config, tokens, writer, stop, hurry, started)
-        finally:
-            await writer.close()  # after the pool: its last changes are journaled too
-
-
-async def _serve_journaled(
-    config: ServerConfig,
-    tokens: TokenStore | None,
-    writer: JournalWriter,
-    stop: asyncio.Event,
-    hurry: asyncio.Event,
-    started: float,
-) -> int:
     metrics = PoolMetrics() if config.metrics_port is not None else None
     interceptors = [metrics.grpc] if metrics is not None else []  # first: refusals count too
     server = grpc.aio.server(
@@ -149,6 +132,55 @@ async def _serve_journaled(
     except BindError as e:
         log.error("%s", e)
         return EXIT_BIND_FAILED
+    state_dir = config.state_dir or port_state_dir(port)
+    if config.state_dir is None:
+        _mention_an_old_journal(token_dir, state_dir)
+    try:
+        prepare_state_dir(state_dir)
+        lock = lock_state_dir(state_dir)
+    except OSError as e:
+        log.error("%s", e)
+        await server.stop(None)
+        return EXIT_STATE_UNUSABLE
+    try:
+        journal = Journal(state_dir)
+    except JournalError as e:
+        log.error("%s", e)
+        lock.__exit__(None, None, None)
+        await server.stop(None)
+        return EXIT_STATE_UNUSABLE
+    with lock:
+        writer = JournalWriter(journal)
+        try:
+            return await _serve_journaled(
+                config, tokens, writer, stop, hurry, started, (server, port, metrics)
+            )
+        finally:
+            await writer.close()  # after the pool: its last changes are journaled too
+
+
+def _mention_an_old_journal(root: Path, state_dir: Path) -> None:
+    """Before each port had its own, every server's journal was the state root's."""
+    if (root / JOURNAL_FILE).exists():
+        log.warning(
+            "%s holds the journal of an earlier version's server; this one keeps its jobs "
+            "in %s (start one with --state-dir %s to read the old jobs)",
+            root,
+            state_dir,
+            root,
+        )
+
+
+async def _serve_journaled(
+    config: ServerConfig,
+    tokens: TokenStore | None,
+    writer: JournalWriter,
+    stop: asyncio.Event,
+    hurry: asyncio.Event,
+    started: float,
+    bound: tuple[grpc.aio.Server, int, PoolMetrics | None],
+) -> int:
+    server, port, metrics = bound
     _warn_if_exposed(config)
 
     async with open_pool(
@@ -234,11 +266,11 @@ def _pool_summary(config: ServerConfig) -> str:
     return f"{limits.min} worker{'' if limits.min == 1 else 's'}"
 
 
-def _load_tokens(config: ServerConfig) -> TokenStore | None:
+def _load_tokens(config: ServerConfig, token_dir: Path) -> TokenStore | None:
     """The accepted tokens (None with --auth none), reloaded on SIGHUP."""
     if config.auth == "none":
         return None
-    tokens = TokenStore.load(config.token_file, config.state_dir)
+    tokens = TokenStore.load(config.token_file, token_dir)
     reload_on_sighup(tokens)
     return tokens
 

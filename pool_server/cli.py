@@ -24,19 +24,20 @@ from pool_server.scaling import DEFAULT_SCALE_DOWN_DELAY_S
 from pool_server.sizes import SIZE_HELP, parse_size
 from pool_server.state_dir import prepare_state_dir
 from pool_server.tls import TlsFiles
-from pool_wire.tokens import default_state_dir
+from pool_wire.tokens import state_root
 
 EXIT_USAGE = 2
 
 
-STATE_DIR_DEFAULT = "$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server"
+STATE_ROOT_DEFAULT = "$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server"
+STATE_DIR_DEFAULT = f"<state root>/port-PORT, the state root being {STATE_ROOT_DEFAULT}"
 
 
-def _default_state_dir(parser: argparse.ArgumentParser) -> Path:
-    """The default state dir, looked up only when --state-dir is not given:
-    a user with no home directory (a bare container uid) must give one."""
+def _state_root(parser: argparse.ArgumentParser) -> Path:
+    """The state root, looked up only when --state-dir is not given: a user
+    with no home directory (a bare container uid) must give one."""
     try:
-        return default_state_dir()
+        return state_root()
     except (RuntimeError, KeyError):  # Path.home() for a uid with no $HOME and no passwd entry
         parser.error("this user has no home directory: give --state-dir (or $XDG_STATE_HOME)")
 
@@ -98,8 +99,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help="where the job journal lives; one server per directory "
-        f"(default: {STATE_DIR_DEFAULT})",
+        help="where the job journal (and, when given, the token file) lives; one server per "
+        f"directory (default: {STATE_DIR_DEFAULT}, so each port lists only its own jobs; "
+        "the token file is then the state root's, shared by this user's servers)",
     )
     parser.add_argument(
         "--result-ttl",
@@ -114,7 +116,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     security = parser.add_argument_group(
         "security",
         "Clients need a token unless --auth none: POOL_TOKEN, else the lines of --token-file "
-        "(or POOL_TOKEN_FILE), else <state-dir>/token, made on first start. "
+        "(or POOL_TOKEN_FILE), else <state-dir>/token (without --state-dir: the state root's, "
+        "shared by this user's servers), made on first start. "
         "`pool-server token [--rotate]` prints (or adds) one; SIGHUP reloads the file.",
     )
     security.add_argument(
@@ -164,7 +167,8 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         "clients work unchanged (needs --auth none: they cannot send a token)",
     )
     args = parser.parse_args(argv)
-    args.state_dir = args.state_dir or _default_state_dir(parser)
+    if args.state_dir is None:
+        _state_root(parser)  # a user with no home is asked now, not at start
     autoscaled = args.min_workers is not None or args.max_workers is not None
     if args.workers is not None and autoscaled:
         parser.error(
@@ -286,14 +290,15 @@ def token_command(argv: list[str]) -> int:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        help=f"the server's state dir, whose token file is used (default: {STATE_DIR_DEFAULT})",
+        help="the --state-dir of the server, whose token file is used (default: the state "
+        f"root's, which every server without --state-dir uses: {STATE_ROOT_DEFAULT})",
     )
     parser.add_argument("--token-file", type=Path, help="use this token file instead")
     parser.add_argument(
         "--rotate", action="store_true", help="add a new token as the first line, and print it"
     )
     args = parser.parse_args(argv)
-    args.state_dir = args.state_dir or _default_state_dir(parser)
+    args.state_dir = args.state_dir or _state_root(parser)
     path = args.token_file or args.state_dir / "token"
     try:
         if args.token_file is None:

@@ -10,7 +10,6 @@ from pathlib import Path
 from pool_server.recycling import RecyclePolicy
 from pool_server.scaling import DEFAULT_SCALE_DOWN_DELAY_S, WorkerLimits
 from pool_server.tls import TlsFiles
-from pool_wire.tokens import default_state_dir
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 AUTH_MODES = ("token", "none")
@@ -43,7 +42,9 @@ class ServerConfig:
     max_queued_bytes: int = field(default_factory=default_max_queued_bytes)
     grace: float = DEFAULT_GRACE_S
     log_level: str = "info"
-    state_dir: Path = field(default_factory=default_state_dir)
+    # None: <state root>/port-<the port bound> (pool_wire.tokens.port_state_dir),
+    # its token the state root's, shared by this user's servers.
+    state_dir: Path | None = None
     result_ttl: float = DEFAULT_RESULT_TTL_S
     auth: str = "token"
     token_file: Path | None = None

@@ -31,15 +31,25 @@ ADMIN_FLAG = "admin"
 MAX_TOKEN_CHARS = 256
 
 
-def default_state_dir() -> Path:
-    """$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server."""
+def state_root() -> Path:
+    """$XDG_STATE_HOME/pool-server, else ~/.local/state/pool-server: the
+    token file every server of this user with no --state-dir shares, and
+    each one's own state dir below it (:func:`port_state_dir`)."""
     base = os.environ.get(STATE_DIR_ENV) or Path.home() / ".local" / "state"
     return Path(base) / "pool-server"
 
 
+def port_state_dir(port: int) -> Path:
+    """The journal's dir of a server on ``port`` with no --state-dir:
+    ``<state root>/port-50051``, so servers on other ports keep their jobs
+    apart (a listing shows only its own server's)."""
+    return state_root() / f"port-{port}"
+
+
 def default_token_file() -> Path:
-    """The token file a server with the default state dir makes for itself."""
-    return default_state_dir() / "token"
+    """The token file the servers of this user with no --state-dir share,
+    and that its clients send, whatever port they talk to."""
+    return state_root() / "token"
 
 
 def generate_token() -> str:

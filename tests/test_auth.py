@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distribute_client import AuthenticationError, Client, compute_this
 from pool_proto import pool_pb2, pool_pb2_grpc
+from pool_wire.tokens import parse_tokens
 
 from .conftest import SERVER_COMMAND, ServerProcess, StartServer, wait_until
 
@@ -421,3 +422,68 @@ def test_map_uses_the_token_it_was_given(default_server: tuple[ServerProcess, st
 
     assert list(triple.map(range(100))) == [3 * x for x in range(100)]
     assert list(triple.map(range(10), durable=True)) == [3 * x for x in range(10)]
+
+
+def test_servers_without_a_state_dir_keep_their_jobs_apart(tmp_path: Path) -> None:
+    """Two servers with default flags on two ports: each journals in
+    <state root>/port-PORT and lists only its own jobs, and both accept the
+    state root's token, which `pool-server token` prints and which their
+    clients (of this user) send with no configuration."""
+    root = tmp_path / "xdg" / "pool-server"
+    env = own_env(XDG_STATE_HOME=str(tmp_path / "xdg"))
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        addresses = []
+        for _ in range(2):
+            proc = subprocess.Popen(
+                [*SERVER_COMMAND, "--workers", "1", "--port", "0"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+            servers.append(proc)
+            assert proc.stdout is not None
+            line = proc.stdout.readline().decode()
+            assert f"tokens from {root / 'token'}" in line, line
+            addresses.append(line.split("serving on ", 1)[1].split()[0])
+        client_side = "\n".join(
+            [
+                "import sys",
+                "from distribute_client import Client",
+                "ids = [Client(a).submit_json('math:factorial', [3]).id for a in sys.argv[1:]]",
+                "for a in sys.argv[1:]: print(' '.join(j.id for j in Client(a).jobs()))",
+                "print(' '.join(ids))",
+            ]
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", client_side, *addresses],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        first_listed, second_listed, submitted = out.stdout.splitlines()
+        assert [first_listed, second_listed] == submitted.split()  # one job each, its own
+        for address in addresses:
+            port = address.rsplit(":", 1)[1]
+            assert (root / f"port-{port}" / "journal.sqlite3").exists()
+        printed = subprocess.run(
+            [*SERVER_COMMAND, "token"], env=env, capture_output=True, text=True, check=True
+        )
+        (first, *_) = parse_tokens((root / "token").read_text(), "the state root's token file")
+        assert printed.stdout.strip() == first.secret
+        again = subprocess.run(
+            [*SERVER_COMMAND, "--workers", "1", "--port", addresses[0].rsplit(":", 1)[1]],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert again.returncode == 3  # that port is taken: its state dir is not touched
+    finally:
+        for proc in servers:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert proc.stdout is not None
+            proc.stdout.close()

@@ -214,3 +214,100 @@ def test_token_file_option(cli_server: ServerProcess, tmp_path: Path) -> None:
     assert "AuthenticationError" in refused.stderr and "not-the-token" not in refused.stderr
     missing = cli(cli_server, "--token-file", str(tmp_path / "nowhere"), "workers")
     assert missing.returncode == 2 and "cannot read the token file" in missing.stderr
+
+
+def test_jobs_says_when_it_stops_at_its_limit(cli_server: ServerProcess) -> None:
+    """jobs shows the newest --limit N (default 50) and says on stderr that
+    there are more; with all of them shown it says nothing."""
+    ids = [cli(cli_server, "submit", "shell_jobs:steps", "0").stdout.strip() for _ in range(3)]
+    cut = cli(cli_server, "jobs", "--limit", "2")
+    assert cut.returncode == 0, cut.stderr
+    assert [line.split()[0] for line in cut.stdout.splitlines()] == ids[:0:-1]
+    assert cut.stderr == (
+        "pool-client: showing the newest 2 jobs, and there are more; --limit N for more\n"
+    )
+    whole = cli(cli_server, "--json", "jobs", "--limit", "3")
+    assert (whole.returncode, whole.stderr) == (0, "")
+    assert [job["id"] for job in json.loads(whole.stdout)] == ids[::-1]
+    default = pool_client._parser().parse_args(["jobs"])
+    assert default.limit == pool_client.DEFAULT_JOBS_LIMIT == 50
+    for bad in ("0", "-1", "many", "10001"):
+        refused = cli(cli_server, "jobs", "--limit", bad)
+        assert refused.returncode == 2 and "from 1 to 10000" in refused.stderr, bad
+
+
+def test_state_is_read_in_any_case(cli_server: ServerProcess) -> None:
+    """--state running (or timed-out) means RUNNING (TIMED_OUT); a state that
+    is none of them is a usage error that lists them."""
+    job_id = cli(cli_server, "submit", "shell_jobs:steps", "0").stdout.strip()
+    assert cli(cli_server, "result", job_id).returncode == 0
+    for spelling in ("done", "Done", "DONE"):
+        listed = cli(cli_server, "--json", "jobs", "--state", spelling)
+        assert listed.returncode == 0, listed.stderr
+        assert [job["id"] for job in json.loads(listed.stdout)] == [job_id]
+    assert cli(cli_server, "jobs", "--state", "timed-out").stdout == ""
+    bogus = cli(cli_server, "jobs", "--state", "finished")
+    assert bogus.returncode == 2 and bogus.stdout == ""
+    assert "'finished' is not a job state: QUEUED, RUNNING, DONE, FAILED, CANCELLED" in (
+        bogus.stderr
+    )
+
+
+def test_json_errors_are_json(cli_server: ServerProcess) -> None:
+    """With --json every error is one JSON object on stderr, with its kind
+    and the same exit code as without it."""
+    failing = cli(cli_server, "submit", "shell_jobs:fail").stdout.strip()
+    cases = [
+        (["result", failing], 1, "job-failed", "ValueError", "shell job failed"),
+        (["status", "jnope"], 5, "not-found", "JobNotFoundError", "no job 'jnope'"),
+        (["jobs", "--state", "nope"], 2, "usage", "UsageError", "'nope' is not a job state"),
+        (["submit", "math.factorial"], 2, "usage", "UsageError", "did you mean math:factorial"),
+        (["--server", "nope", "workers"], 2, "usage", None, "'nope' is not host:port"),
+        (["--server", "127.0.0.1:1", "workers"], 6, "unavailable", "ServerUnavailableError", ""),
+    ]
+    for args, code, kind, type_name, message in cases:
+        plain = cli(cli_server, *args)
+        as_json = cli(cli_server, *args, "--json")
+        assert plain.returncode == as_json.returncode == code, (args, as_json.stderr)
+        assert as_json.stdout == "" and as_json.stderr.count("\n") == 1, args
+        error = json.loads(as_json.stderr)["error"]
+        assert (error["kind"], error["type"], error["exit_code"]) == (kind, type_name, code)
+        assert message in error["message"], (args, error)
+        assert message in plain.stderr and not plain.stderr.startswith("{"), args
+
+
+def test_submit_checks_the_function_name_before_sending(cli_server: ServerProcess) -> None:
+    """math.factorial (a dot for the colon) is refused before anything is
+    sent, with the colon form suggested; math:factorial runs."""
+    dotted = cli(cli_server, "submit", "math.factorial", "20")
+    assert (dotted.returncode, dotted.stdout) == (2, "")
+    assert "'math.factorial' is not MODULE:FUNCTION; did you mean math:factorial?" in (
+        dotted.stderr
+    )
+    for bad in ("math:", ":factorial", "math:fact orial", "ma th:factorial", "factorial"):
+        refused = cli(cli_server, "submit", bad)
+        assert refused.returncode == 2 and "is not MODULE:FUNCTION" in refused.stderr, bad
+    assert cli(cli_server, "--json", "jobs").stdout == "[]\n"  # nothing was submitted
+    job_id = cli(cli_server, "submit", "math:factorial", "20").stdout.strip()
+    assert cli(cli_server, "result", job_id).stdout == "2432902008176640000\n"
+
+
+def test_a_timed_out_job_and_giving_up_waiting_exit_differently(
+    cli_server: ServerProcess,
+) -> None:
+    """3: this client stopped waiting (the job goes on); 9: the job ran past
+    its own time limit and is TIMED_OUT."""
+    slow = ["shell_jobs:steps", "1000", "--kwargs", '{"pause": 0.1}']
+    running = cli(cli_server, "submit", *slow).stdout.strip()
+    waited = cli(cli_server, "result", running, "--timeout", "0.2")
+    assert waited.returncode == pool_client.EXIT_TIMEOUT == 3, waited.stderr
+    assert cli(cli_server, "cancel", running).returncode == 0
+    limited = cli(cli_server, "submit", *slow, "--timeout", "0.3").stdout.strip()
+    timed_out = cli(cli_server, "result", limited)
+    assert timed_out.returncode == pool_client.EXIT_JOB_TIMED_OUT == 9, timed_out.stderr
+    assert "JobTimedOutError" in timed_out.stderr
+    assert cli(cli_server, "watch", limited).returncode == 9
+    assert "TIMED_OUT" in cli(cli_server, "status", limited).stdout
+    help_text = cli(cli_server, "--help").stdout
+    assert "9  the job ran past its own time limit" in help_text
+    assert "3  not finished in time: you stopped waiting" in help_text

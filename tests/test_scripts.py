@@ -48,3 +48,24 @@ def test_load_script_random_sleeps_print_the_schedule_bound(server: ServerProces
     out = run_script("test_load.py", server.address, "--factors", "2", "--seed", "1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "schedule_execution_time:" in out.stdout
+
+
+def make_dry_run(target: str, venv: Path) -> str:
+    """What `make TARGET` would run on a clean clone (a venv not yet made)."""
+    out = subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_make_demo_installs_only_what_running_needs(tmp_path: Path) -> None:
+    """`make demo` installs the project alone; the development toolchain
+    ('.[dev]': pytest, ruff, mypy...) comes with `make test` (and so .ci/run)."""
+    demo = make_dry_run("demo", tmp_path / "venv")
+    assert "pip install --quiet -e .\n" in demo
+    assert "[dev]" not in demo
+    assert "pool-server --workers" in demo
+    test = make_dry_run("test", tmp_path / "venv")
+    assert "pip install --quiet -e '.[dev]'" in test and "pytest" in test
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith("make test")

@@ -26,10 +26,12 @@ and copies are what its memory is spent on (issue 10):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import io
 import os
+import pickle
 import sys
 import time
 import traceback
@@ -64,6 +66,7 @@ from pool_wire.payload import (
 from pool_wire.protocol import ResultStatus
 from pool_wire.refs import RefMissing
 from pool_wire.source_files import same_module_functions
+from pool_wire.tracebacks import reduce_traceback
 from worker_proc import freshness
 from worker_proc.original import run_original
 from worker_proc.tracebacks import drop_own_frames, trim_tracebacks
@@ -482,16 +485,27 @@ def _encode_json(ran: _Ran) -> bytes:
     return json_outcome(ran.status, ran.value, error, ran.stdout, ran.stderr)
 
 
+class _ExceptionPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, with tracebacks pickled with their columns (``pool_wire.tracebacks``)."""
+
+    dispatch_table = collections.ChainMap(
+        {types.TracebackType: reduce_traceback}, cloudpickle.Pickler.dispatch_table
+    )
+
+
 def _pickle_exception(error: BaseException) -> bytes:
-    """The exception itself, with its traceback (tblib), or b"" if it won't pickle."""
+    """The exception itself, with its traceback, or b"" if it won't pickle."""
     drop_own_frames(error, __file__)
     trim_tracebacks(error)
-    # Classes created after start-up (by unpickling) also need tblib's reducer.
+    # Exceptions through tblib's reducer (which keeps their cause, context and
+    # notes); classes created after start-up (by unpickling) need it too.
     pickling_support.install(error)
+    buffer = io.BytesIO()
     try:
-        return cloudpickle.dumps(error)  # type: ignore[no-any-return]
+        _ExceptionPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(error)
     except Exception:
         return b""  # the client falls back to RemoteError built from ErrorInfo
+    return buffer.getvalue()
 
 
 def _safe_str(error: BaseException) -> str:

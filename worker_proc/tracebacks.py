@@ -23,27 +23,36 @@ MAX_CHAINED_EXCEPTIONS = 20
 
 
 def drop_own_frames(error: BaseException, filename: str) -> None:
-    """Start the traceback at the user's code, not at the frames of the
-    worker module ``filename`` that called it."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == filename:
-        tb = tb.tb_next
-    if tb is not None:
-        error.__traceback__ = tb
+    """Start each traceback of ``error``'s chain at the user's code, not at
+    the frames of the worker module ``filename`` that called it."""
+    for current in _chain(error):
+        tb = current.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == filename:
+            tb = tb.tb_next
+        if tb is not None:
+            current.__traceback__ = tb
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and the exceptions chained to it (cause, context), each once."""
+    seen: set[int] = set()
+    found: list[BaseException] = []
+    pending: list[BaseException] = [error]
+    while pending and len(found) < MAX_CHAINED_EXCEPTIONS:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.append(current)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return found
 
 
 def trim_tracebacks(error: BaseException) -> None:
     """Cut each traceback in ``error``'s chain to its first and last frames,
     with a note saying how many were left out (see TRACEBACK_HEAD_FRAMES)."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [error]
-    while pending and len(seen) < MAX_CHAINED_EXCEPTIONS:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in _chain(error):
         _trim_traceback(current)
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
 
 
 def _trim_traceback(error: BaseException) -> None:
