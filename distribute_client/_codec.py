@@ -341,9 +341,11 @@ def decode_items(data: bytes | bytearray, name: str, where: str) -> list[Any]:
 
 
 class Returned(NamedTuple):
-    """A call of a batch that returned quietly: its value, nothing to replay."""
+    """A call of a batch that returned quietly: its value, nothing to replay,
+    and its share of the batch's running time."""
 
     value: Any
+    run_seconds: float = 0.0
 
 
 def decode_batch(
@@ -376,7 +378,8 @@ def _batch_items(
             ) from e
         if not isinstance(values, list) or len(values) != (count or len(values)):
             raise ProtocolError(f"{where} answered {count} calls to {name} with another count")
-        return [Returned(value) for value in values]
+        share = outcome.run_seconds / max(len(values), 1)
+        return [Returned(value, share) for value in values]
     if count is not None and len(outcome.outcomes) != count:
         raise ProtocolError(f"{where} answered {len(outcome.outcomes)} of {count} calls to {name}")
     return outcome.outcomes

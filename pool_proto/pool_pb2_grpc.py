@@ -99,6 +99,11 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.BatchStatus.FromString,
                 _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/pool.Pool/StreamLogs',
+                request_serializer=pool__proto_dot_pool__pb2.LogsRequest.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.LogChunk.FromString,
+                _registered_method=True)
 
 
 class PoolServicer:
@@ -208,6 +213,18 @@ class PoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamLogs(self, request, context):
+        """What a job prints, as it prints it (stdout and stderr interleaved):
+        for a running job, the tail the server keeps (LogChunk.skipped says how
+        much came before it), then with `follow` each new piece until the job
+        finishes; the last message has `finished` set once the job has. A
+        finished job's output is not kept here but in its outcome (its result
+        holds it, captured whole), so its stream is that one message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +292,11 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.CancelBatch,
                     request_deserializer=pool__proto_dot_pool__pb2.BatchRef.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.BatchStatus.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=pool__proto_dot_pool__pb2.LogsRequest.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -628,6 +650,33 @@ class Pool:
             '/pool.Pool/CancelBatch',
             pool__proto_dot_pool__pb2.BatchRef.SerializeToString,
             pool__proto_dot_pool__pb2.BatchStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pool.Pool/StreamLogs',
+            pool__proto_dot_pool__pb2.LogsRequest.SerializeToString,
+            pool__proto_dot_pool__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,6 +28,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pool_server.errors import CallError, JobCancelled, JobInterrupted, JobTimedOut
@@ -135,6 +136,8 @@ class Job:
     # Resolved by the next change a watcher may want to see (state,
     # progress); made only when someone watches, as most jobs are not.
     _next_change: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    # Told of each progress report: a call on a Calls stream passes it on.
+    on_progress: Callable[[Job], None] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         where = f" on worker {self.worker_id}" if self.state is JobState.RUNNING else ""
@@ -275,6 +278,8 @@ class Job:
         message is cut, as it is kept and listed with the job."""
         self.progress, self.message = fraction, message[:MAX_PROGRESS_MESSAGE_CHARS]
         self.notify()
+        if self.on_progress is not None:
+            self.on_progress(self)
 
     def next_change(self) -> asyncio.Future[None]:
         """A future resolved by the job's next change of state or progress."""

@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import cloudpickle
 from tblib import pickling_support
 
+from pool_wire import progress as progress_hook
 from pool_wire.arena import Arena
 from pool_wire.function_cache import FunctionCache
 from pool_wire.limits import MAX_PAYLOAD_BYTES
@@ -192,8 +193,9 @@ def _call_all(
     stdout, stderr = io.StringIO(), io.StringIO()
     done: list[_Ran] = []
     spans: list[tuple[int, int, int, int]] = []
-    with _captured(stdout, stderr):
-        for args, kwargs in calls:
+    with _captured(stdout, stderr), _shares():
+        for index, (args, kwargs) in enumerate(calls):
+            progress_hook.set_share(index, len(calls))
             out, err = stdout.tell(), stderr.tell()
             started_at, start = time.time(), time.perf_counter()
             try:
@@ -279,7 +281,7 @@ def _batch_outcome(ran: list[_Ran], values: _Values) -> bytes:
         except Exception:
             values.rewind()
         else:
-            return dumps(BatchOutcome([], returned))
+            return dumps(BatchOutcome([], returned, sum(r.run_seconds for r in ran)))
     return dumps(BatchOutcome([_call_outcome(r, values) for r in ran]))
 
 
@@ -421,6 +423,15 @@ def _is_one_of(error: BaseException, names: tuple[str, ...]) -> bool:
     return bool(names) and any(
         f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(error).__mro__
     )
+
+
+@contextlib.contextmanager
+def _shares() -> Iterator[None]:
+    """Each call of a batch reports progress as its share of the batch's."""
+    try:
+        yield
+    finally:
+        progress_hook.set_share(0, 1)
 
 
 @contextlib.contextmanager
