@@ -340,6 +340,20 @@ def decode_items(data: bytes | bytearray, name: str, where: str) -> list[Any]:
     return settled
 
 
+def captured_output(data: bytes | bytearray, name: str, where: str) -> str:
+    """What the call (or each call of a map chunk, in order) printed, its
+    stdout then its stderr, without touching the values."""
+    if is_json(data):
+        try:
+            body = json.loads(data)
+        except ValueError:
+            return ""
+        return str(body.get("stdout", "")) + str(body.get("stderr", ""))
+    outcome = _load_outcome(data, name, where)
+    items = [outcome] if isinstance(outcome, CallOutcome) else outcome.outcomes
+    return "".join(item.stdout + item.stderr for item in items)
+
+
 class Returned(NamedTuple):
     """A call of a batch that returned quietly: its value, nothing to replay,
     and its share of the batch's running time."""

@@ -148,6 +148,7 @@ class _Stub(Protocol):
     Submit: _Unary[pool_pb2.SubmitRequest, pool_pb2.SubmitReply]
     GetJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
     WatchJob: _Streaming[pool_pb2.JobRef, pool_pb2.JobStatus]
+    StreamLogs: _Streaming[pool_pb2.LogsRequest, pool_pb2.LogChunk]
     GetResult: _Unary[pool_pb2.JobRef, pool_pb2.JobResult]
     CancelJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
     ListJobs: _Unary[pool_pb2.ListJobsRequest, pool_pb2.ListJobsReply]
@@ -396,6 +397,19 @@ async def watch_job(
     with map_rpc_errors(address, None):
         async for status in stub_for(address).WatchJob(request):
             yield status
+
+
+async def stream_logs(
+    address: Address, request: pool_pb2.LogsRequest
+) -> AsyncIterator[pool_pb2.LogChunk]:
+    """StreamLogs: a running job's output as it prints it. A backend keeps
+    no live output: to it every job's is in its outcome (``finished``)."""
+    if address.backend:
+        yield pool_pb2.LogChunk(finished=True)
+        return
+    with map_rpc_errors(address, None):
+        async for chunk in stub_for(address).StreamLogs(request):
+            yield chunk
 
 
 async def get_result(

@@ -231,6 +231,31 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             finally:
                 await updates.aclose()
 
+    async def StreamLogs(
+        self, request: pool_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pool_pb2.LogChunk]:
+        """A running job's output tail, then (following) each new piece; a
+        finished job's is in its outcome (see proto/pool.proto)."""
+        async with _status_on_error(context):
+            job_id = _text("job_id", request.job_id, MAX_ID_CHARS)
+            job = await self._tracker.get(job_id, _caller())
+            if job.state.finished:
+                yield pool_pb2.LogChunk(finished=True)
+                return
+            log = job.output_log()
+            follower = log.follow() if request.follow else None  # in the step that reads the tail
+            try:
+                yield pool_pb2.LogChunk(text=log.text, skipped=log.skipped)
+                if follower is None:
+                    return
+                while (piece := await self._unless_closed(follower.next())) is not None:
+                    text, skipped = piece
+                    yield pool_pb2.LogChunk(text=text, skipped=skipped)
+                yield pool_pb2.LogChunk(finished=True)
+            finally:
+                if follower is not None:
+                    log.unfollow(follower)
+
     async def GetResult(
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobResult:

@@ -64,7 +64,7 @@ from pool_wire.payload import (
 )
 from pool_wire.protocol import ResultStatus
 from pool_wire.source_files import same_module_functions
-from worker_proc import freshness
+from worker_proc import freshness, reporting
 from worker_proc.original import run_original
 from worker_proc.tracebacks import drop_own_frames, trim_tracebacks
 
@@ -190,7 +190,7 @@ def _call_all(
     if len(calls) == 1:
         ((args, kwargs),) = calls
         return [_call(function, args, kwargs, retry_on)]
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = _Printed(), _Printed()
     done: list[_Ran] = []
     spans: list[tuple[int, int, int, int]] = []
     with _captured(stdout, stderr), _shares():
@@ -218,7 +218,7 @@ def _call(
     kwargs: dict[str, Any],
     retry_on: tuple[str, ...],
 ) -> _Ran:
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = _Printed(), _Printed()
     started_at, start = time.time(), time.perf_counter()
     try:
         with _captured(stdout, stderr):
@@ -423,6 +423,16 @@ def _is_one_of(error: BaseException, names: tuple[str, ...]) -> bool:
     return bool(names) and any(
         f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(error).__mro__
     )
+
+
+class _Printed(io.StringIO):
+    """A call's captured stdout or stderr, also handed as it is written to
+    the job's live output (``reporting.printed``)."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        reporting.printed(text)
+        return written
 
 
 @contextlib.contextmanager
