@@ -49,6 +49,9 @@ class MapBar:
         if fraction is not None:
             self._running[chunk] = min(max(fraction, 0.0), 1.0) * calls
         self._show()
+        # Drawn now, not at tqdm's next update: a running call's report may
+        # be the last event for a long while (the worker throttles them).
+        self._bar.refresh()
 
     def arrived(self, chunk: int, calls: int) -> None:
         """The results of chunk ``chunk``, ``calls`` calls, came back."""
