@@ -38,6 +38,7 @@ import grpc
 
 from distribute_client import _transport
 from distribute_client._servers import DNS_TTL_S, LEAST_LOADED, ROUND_ROBIN, Servers, resolve
+from distribute_client._stream import OnProgress
 from distribute_client._transport import Address, Reply
 from distribute_client.errors import (
     PoolError,
@@ -200,6 +201,7 @@ async def run(
     deadline_s: float | None,
     function: bytes,
     retries: int,
+    on_progress: OnProgress | None = None,
 ) -> tuple[Reply, Address]:
     """One call on one of ``servers``, and the server that answered it.
 
@@ -210,7 +212,8 @@ async def run(
     """
     single = servers.single
     if single is not None:
-        return await _transport.run(single, request, deadline_s, function), single
+        reply = await _transport.run(single, request, deadline_s, function, on_progress)
+        return reply, single
     balancer = balancer_for(servers)
     loop = asyncio.get_running_loop()
     deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -219,7 +222,8 @@ async def run(
         address = await balancer.pick(tried)
         remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
         try:
-            return await _transport.run(address, request, remaining, function), address
+            reply = await _transport.run(address, request, remaining, function, on_progress)
+            return reply, address
         except ServerShuttingDownError:
             balancer.failed(address)
             tried.add(address)

@@ -3,11 +3,14 @@
 Calls travel in *chunks*: one payload carries many calls of the same
 function (pickled once), so the per-request costs (an RPC, a worker round
 trip, a journal commit for a job) are paid once per chunk rather than per
-call. The chunk size follows ``multiprocessing.Pool.map``: about four chunks
-per worker, so slow calls still spread evenly, capped so that a chunk stays
-far below the payload limit. Results come back in input order; a call's
-error is raised when its turn comes. Stopping early (``break`` inside
-``with``, an error, ``close()``) cancels what is still outstanding.
+call. A chunk's size is measured (``_chunk_size``): the first chunks carry
+one call, and later ones as many as run in about a second, up to the cap
+that follows ``multiprocessing.Pool.map``: about four chunks per worker, so
+slow calls still spread evenly, and far below the payload limit. Results
+come back in input order; a call's error is raised when its turn comes.
+Stopping early (``break`` inside ``with``, an error, ``close()``) cancels
+what is still outstanding. With ``progress=True`` a bar counts the calls
+done, fractions reported by running calls included (``_map_progress``).
 
 Two ways to send them (issue 10, "Map is cheap"):
 
@@ -35,19 +38,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import secrets
-import sys
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from tqdm import tqdm
-
 from distribute_client import _balancer, _codec, _interrupt, _transport
+from distribute_client._chunk_size import ChunkSizer
 from distribute_client._client import Client
 from distribute_client._jobs import Job
+from distribute_client._map_progress import MapBar
 from distribute_client._submit import Submittable, submit
 from distribute_client._sync import CANCEL_WAIT_S, run_soon, run_sync
 from distribute_client._tracebacks import user_frames
@@ -136,7 +139,7 @@ def new_batch_id() -> str:
 
 
 def calls_per_job(total: int | None, workers: int) -> int:
-    """The chunk size: ``multiprocessing.Pool.map``'s rule (``total`` over
+    """The most calls in a chunk: ``multiprocessing.Pool.map``'s rule (``total`` over
     four chunks per worker, rounded up), at most MAX_CALLS_PER_JOB."""
     if total is None:
         return DEFAULT_CALLS_PER_JOB
@@ -177,8 +180,9 @@ async def run_chunks(
     remote: Mappable,
     calls: Iterator[Args],
     max_in_flight: int,
-    chunk_size: int,
+    sizer: ChunkSizer,
     max_pending: int,
+    bar: MapBar,
 ) -> Outcomes:
     """Each chunk's outcomes (undecoded) and where it ran, in input order, each
     chunk sent as a plain call: at most ``max_pending`` chunks unfinished and
@@ -190,16 +194,19 @@ async def run_chunks(
     servers = remote.servers
     name = remote.function.__qualname__
     pickled = _codec.pickle_function(remote.function, remote.shipped)  # once for every chunk
-    sent: collections.deque[tuple[int, asyncio.Task[Answer]]] = collections.deque()
+    # (calls, index of its first call, its task) of each chunk sent
+    sent: collections.deque[tuple[int, int, asyncio.Task[Answer]]] = collections.deque()
     running: set[asyncio.Task[Answer]] = set()  # sent and not finished
     exhausted = False
     in_flight = 0  # calls sent and not yet yielded
+    offset = 0  # of the next call taken
     try:
         while True:
             if not exhausted and len(running) < max_pending and in_flight < max_in_flight:
                 if servers.single is not None:  # the chunks pickled so far leave first
                     await _transport.give_way(servers.single)
-                taken = list(itertools.islice(calls, min(chunk_size, max_in_flight - in_flight)))
+                size = min(sizer.size(), max_in_flight - in_flight)
+                taken = list(itertools.islice(calls, size))
                 exhausted = not taken
                 for count, chunk in encode_chunks(remote, taken, True, pickled) if taken else ():
                     request = pool_pb2.RunRequest(
@@ -209,18 +216,20 @@ async def run_chunks(
                         refs=chunk.refs,
                     )
                     deadline = _chunk_deadline(remote.timeout, count)
+                    heard = functools.partial(bar.reported, offset, count) if bar.enabled else None
                     sending = _balancer.run(
-                        servers, request, deadline, chunk.function, remote.retries
+                        servers, request, deadline, chunk.function, remote.retries, heard
                     )
                     task = asyncio.create_task(sending)
                     running.add(task)
                     task.add_done_callback(running.discard)
-                    sent.append((count, task))
+                    sent.append((count, offset, task))
                     in_flight += count
+                    offset += count
                 continue
             if not sent:
                 return
-            count, head = sent[0]
+            count, first, head = sent[0]
             if not head.done():
                 # Wake on any chunk's end, so a freed worker gets the next chunk
                 # even while the head (the next to yield) still runs.
@@ -230,11 +239,14 @@ async def run_chunks(
             sent.popleft()  # only now: until then, closing must cancel it too
             in_flight -= count
             where = f"worker {reply.worker_id} (pid {reply.worker_pid}) of {address}"
-            yield _codec.decode_batch(reply.outcome, name, where, count), where
+            outcomes = _codec.decode_batch(reply.outcome, name, where, count)
+            sizer.observe(outcomes)
+            bar.arrived(first, count)
+            yield outcomes, where
     finally:
-        for _, task in sent:
+        for *_, task in sent:
             task.cancel()
-        await asyncio.gather(*(task for _, task in sent), return_exceptions=True)
+        await asyncio.gather(*(task for *_, task in sent), return_exceptions=True)
 
 
 def _chunk_deadline(timeout: float | None, calls: int) -> float | None:
@@ -245,7 +257,41 @@ def _chunk_deadline(timeout: float | None, calls: int) -> float | None:
 class _Chunk:
     job: Job[Any]
     calls: int
+    offset: int  # of its first call in the map's input
     outcome: asyncio.Future[tuple[Any, bytes]]
+
+
+class _ProgressWatch:
+    """Puts the progress of a durable map's first ``heads`` outstanding
+    chunks on its bar (those likely running: the server's queue is first
+    in, first out), one WatchJob each; nothing without a bar."""
+
+    def __init__(self, bar: MapBar, heads: int) -> None:
+        self._bar = bar
+        self._heads = heads
+        self._watching: dict[int, asyncio.Task[None]] = {}
+
+    def follow(self, outstanding: Iterable[_Chunk]) -> None:
+        if not self._bar.enabled:
+            return
+        for chunk in itertools.islice(outstanding, self._heads):
+            if chunk.offset not in self._watching:
+                self._watching[chunk.offset] = asyncio.create_task(self._watch(chunk))
+
+    def done(self, chunk: _Chunk) -> None:
+        watcher = self._watching.pop(chunk.offset, None)
+        if watcher is not None:
+            watcher.cancel()
+
+    def close(self) -> None:
+        for watcher in self._watching.values():
+            watcher.cancel()
+        self._watching.clear()
+
+    async def _watch(self, chunk: _Chunk) -> None:
+        with contextlib.suppress(Exception):  # a courtesy: a watch that fails is let go
+            async for status in chunk.job.watch():
+                self._bar.reported(chunk.offset, chunk.calls, status.progress, status.message)
 
 
 async def map_chunks(
@@ -253,12 +299,18 @@ async def map_chunks(
     calls: Iterator[Args],
     batch_id: str,
     max_in_flight: int,
-    chunk_size: int,
+    sizer: ChunkSizer,
     jobs_per_submit: int,
+    first_jobs: int,
+    bar: MapBar,
 ) -> Outcomes:
     """Each chunk's outcomes (undecoded) and where it ran, in input order, each
-    chunk submitted as a journaled job of the batch ``batch_id``."""
+    chunk submitted as a journaled job of the batch ``batch_id``. Until the
+    chunk size is measured only ``first_jobs`` chunks are submitted, and the
+    next Submit waits for the first of them to finish. With a bar, the
+    first ``first_jobs`` chunks outstanding are watched for progress."""
     outstanding: collections.deque[_Chunk] = collections.deque()
+    watch = _ProgressWatch(bar, first_jobs)
     in_flight = 0
     offset = 0  # of the next call taken, in the map's input
     name = remote.function.__qualname__
@@ -266,14 +318,15 @@ async def map_chunks(
     submitted = False
     try:
         while True:
-            room = min(max_in_flight - in_flight, chunk_size * jobs_per_submit)
-            if room >= chunk_size or (room > 0 and not outstanding):
+            size = sizer.size()
+            room = min(max_in_flight - in_flight, size * jobs_per_submit)
+            if not sizer.measured:
+                room = 0 if outstanding else min(room, size * first_jobs)
+            if room >= size or (room > 0 and not outstanding):
                 taken = list(itertools.islice(calls, room))
                 if taken:
                     in_flight += len(taken)
-                    chunks = await _submit_chunks(
-                        remote, taken, chunk_size, batch_id, offset, pickled
-                    )
+                    chunks = await _submit_chunks(remote, taken, size, batch_id, offset, pickled)
                     outstanding.extend(chunks)
                     offset += len(taken)
                     if not submitted:
@@ -282,12 +335,18 @@ async def map_chunks(
                     continue
             if not outstanding:
                 return
+            watch.follow(outstanding)
             status, data = await outstanding[0].outcome
             done = outstanding.popleft()  # only now: until then, closing must cancel it too
             in_flight -= done.calls
+            watch.done(done)
             where = done.job.where(status)
-            yield _codec.decode_batch(data, name, where, done.calls), where
+            outcomes = _codec.decode_batch(data, name, where, done.calls)
+            sizer.observe(outcomes)
+            bar.arrived(done.offset, done.calls)
+            yield outcomes, where
     finally:
+        watch.close()
         for pending in outstanding:
             pending.outcome.cancel()
         await asyncio.gather(
@@ -342,8 +401,8 @@ async def _submit_chunks(
                 remote, payloads, counts, batch_id, offsets, pickled if apart else None
             )
             made += [
-                _Chunk(job, count, asyncio.ensure_future(job.async_outcome()))
-                for job, count in zip(jobs, counts, strict=True)
+                _Chunk(job, count, first, asyncio.ensure_future(job.async_outcome()))
+                for job, count, first in zip(jobs, counts, offsets, strict=True)
             ]
     except asyncio.CancelledError:
         await asyncio.gather(*(chunk.job.async_cancel() for chunk in made), return_exceptions=True)
@@ -408,22 +467,6 @@ async def _submit_when_room(
             delay = min(delay * 2, QUEUE_FULL_BACKOFF_MAX_S)
 
 
-class _Progress:
-    """A tqdm bar on stderr when asked for and stderr is a terminal."""
-
-    def __init__(self, enabled: bool, total: int | None, name: str) -> None:
-        show = enabled and sys.stderr.isatty()
-        self._bar = tqdm(total=total, desc=name, unit="call") if show else None
-
-    def advance(self) -> None:
-        if self._bar is not None:
-            self._bar.update()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 class AsyncMap(Generic[R]):
     """``async for value in f.async_map(xs)``; ``batch_id`` names the batch of
     a durable map (None for a plain one: nothing was journaled to follow)."""
@@ -451,7 +494,7 @@ class AsyncMap(Generic[R]):
         self._max_in_flight = max_in_flight
         sizes = [len(i) for i in iterables if isinstance(i, Sized)]
         self._total = min(sizes) if sizes and len(sizes) == len(iterables) else None
-        self._progress = _Progress(progress, self._total, self._name)
+        self._progress = MapBar(progress, self._total, self._name)
         # Bind each call as it is taken: a TypeError names the bad item.
         self._calls = (self._bind(args) for args in zip(*iterables, strict=False))
         self._taken = 0  # calls taken from the iterables to be sent
@@ -491,7 +534,6 @@ class AsyncMap(Generic[R]):
         """The next call's value, or its error raised, from what fill() brought."""
         outcome, where = self._ready.popleft()
         self._yielded += 1
-        self._progress.advance()
         value: R = _codec.value_of(outcome, self._name, where)
         return value
 
@@ -514,13 +556,16 @@ class AsyncMap(Generic[R]):
         workers = max(1, len(pool.workers))
         servers = max(1, len({worker.server for worker in pool.workers}))
         max_in_flight = self._max_in_flight * servers  # each server its own bound
-        chunk_size = self._chunk_size or calls_per_job(self._total, workers)
+        fixed = self._chunk_size
         if self._remote.retry_on:
-            chunk_size = 1  # a retried call must not re-run the calls beside it
-        chunk_size = min(chunk_size, self._max_in_flight)
+            fixed = 1  # a retried call must not re-run the calls beside it
+        cap = min(calls_per_job(self._total, workers), self._max_in_flight)
+        sizer = ChunkSizer(cap, None if fixed is None else min(fixed, self._max_in_flight))
+        pending = workers * PENDING_CHUNKS_PER_WORKER
         if self.batch_id is None:
-            pending = workers * PENDING_CHUNKS_PER_WORKER
-            return run_chunks(self._remote, self._calls, max_in_flight, chunk_size, pending)
+            return run_chunks(
+                self._remote, self._calls, max_in_flight, sizer, pending, self._progress
+            )
         per_submit = min(JOBS_PER_SUBMIT, pool.queue_capacity // servers)
         if servers > 1:  # several Submits, so that each server gets its share
             per_submit = min(per_submit, workers * JOBS_PER_WORKER // servers)
@@ -529,8 +574,10 @@ class AsyncMap(Generic[R]):
             self._calls,
             self.batch_id,
             max_in_flight,
-            chunk_size,
+            sizer,
             max(1, per_submit),
+            pending,
+            self._progress,
         )
 
     @property

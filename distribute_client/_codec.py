@@ -397,10 +397,26 @@ def decode_items(data: bytes | bytearray, name: str, where: str) -> list[Any]:
     return settled
 
 
+def captured_output(data: bytes | bytearray, name: str, where: str) -> str:
+    """What the call (or each call of a map chunk, in order) printed, its
+    stdout then its stderr, without touching the values."""
+    if is_json(data):
+        try:
+            body = json.loads(data)
+        except ValueError:
+            return ""
+        return str(body.get("stdout", "")) + str(body.get("stderr", ""))
+    outcome = _load_outcome(data, name, where)
+    items = [outcome] if isinstance(outcome, CallOutcome) else outcome.outcomes
+    return "".join(item.stdout + item.stderr for item in items)
+
+
 class Returned(NamedTuple):
-    """A call of a batch that returned quietly: its value, nothing to replay."""
+    """A call of a batch that returned quietly: its value, nothing to replay,
+    and its share of the batch's running time."""
 
     value: Any
+    run_seconds: float = 0.0
 
 
 def decode_batch(
@@ -433,7 +449,8 @@ def _batch_items(
             ) from e
         if not isinstance(values, list) or len(values) != (count or len(values)):
             raise ProtocolError(f"{where} answered {count} calls to {name} with another count")
-        return [Returned(value) for value in values]
+        share = outcome.run_seconds / max(len(values), 1)
+        return [Returned(value, share) for value in values]
     if count is not None and len(outcome.outcomes) != count:
         raise ProtocolError(f"{where} answered {len(outcome.outcomes)} of {count} calls to {name}")
     return outcome.outcomes

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from distribute_client import _codec, _transport
-from distribute_client._sync import run_sync
+from distribute_client._sync import iterate_sync, run_sync
 from distribute_client._tracebacks import user_frames
 from distribute_client.errors import (
     CallTimeoutError,
@@ -212,6 +212,50 @@ class Job(Generic[R]):
         """Its status now and after every change, until it finishes."""
         async for status in _transport.watch_job(self.address, self._ref()):
             yield self._status(status)
+
+    async def async_logs(
+        self, follow: bool = False, *, unpickle: bool = True
+    ) -> AsyncGenerator[str, None]:
+        """As :meth:`logs`, from asyncio code."""
+        request = pool_pb2.LogsRequest(job_id=self.server_job_id, follow=follow)
+        first = True
+        async for chunk in _transport.stream_logs(self.address, request):
+            if first and chunk.finished:  # finished before we asked: its output is its outcome's
+                text = await self._captured_output(unpickle)
+                if text:
+                    yield text
+                return
+            first = False
+            if chunk.skipped:
+                yield f"[{chunk.skipped} characters of output not kept here]\n"
+            if chunk.text:
+                yield chunk.text
+            if chunk.finished:
+                return
+
+    def logs(self, follow: bool = False, *, unpickle: bool = True) -> Iterator[str]:
+        """What the job prints, in pieces of text as they come (stdout and
+        stderr interleaved as printed): of a running job, the last 64 KiB
+        the server keeps, and with ``follow`` everything it prints after,
+        as it prints it, until it finishes; of a finished job, its whole
+        captured output (read from its result: ``unpickle=False`` refuses a
+        pickled one, as :meth:`result` does). A gap the server or worker
+        left out (a flood of output) shows as a line saying how much.
+
+        >>> for text in job.logs(follow=True):   # doctest: +SKIP
+        ...     print(text, end="")
+        """
+        return iterate_sync(self.async_logs(follow, unpickle=unpickle))
+
+    async def _captured_output(self, unpickle: bool) -> str:
+        try:
+            status, outcome = await self.async_outcome(LOOKUP_TIMEOUT_S)
+        except PoolError as error:
+            if not _finished_without_outcome(error):
+                raise
+            return ""  # crashed, cancelled, out of time: no outcome holds its output
+        self._check_unpicklable(outcome, unpickle)
+        return _codec.captured_output(outcome, self.name, self.where(status))
 
     def _ref(self) -> pool_pb2.JobRef:
         return pool_pb2.JobRef(job_id=self.server_job_id)

@@ -50,6 +50,9 @@ CLOSE_SETTLE_S = 0.01
 
 # Messages queued together are sent as one, up to about this size.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+# Told of each progress report of a running call: its fraction (None for
+# a message alone) and message.
+OnProgress = Callable[[float | None, str], None]
 TranslateError = Callable[[grpc.aio.AioRpcError], PoolError]
 FailedError = Callable[[pool_pb2.CallFailed], PoolError]
 
@@ -67,6 +70,7 @@ class CallStream:
         self._close_channel = close_channel
         self._outbox: asyncio.Queue[pool_pb2.CallMessage | None] = asyncio.Queue()  # None: end
         self._pending: dict[int, asyncio.Future[pool_pb2.CallEvent]] = {}
+        self._on_progress: dict[int, OnProgress] = {}
         self._sent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._ids = itertools.count(1)
         self.broken: PoolError | None = None
@@ -90,12 +94,17 @@ class CallStream:
             await asyncio.sleep(0)
 
     async def run(
-        self, request: pool_pb2.RunRequest, deadline_s: float | None, function: bytes = b""
+        self,
+        request: pool_pb2.RunRequest,
+        deadline_s: float | None,
+        function: bytes = b"",
+        on_progress: OnProgress | None = None,
     ) -> pool_pb2.RunReply:
         """Run one call; its reply, or the PoolError a Run would have raised.
 
         ``function`` is the pickled function of ``request.function_hash``,
-        sent only if this stream has not sent it already.
+        sent only if this stream has not sent it already. ``on_progress`` is
+        told of the call's progress reports while it runs.
         """
         loop = asyncio.get_running_loop()
         deadline = None if deadline_s is None else loop.time() + deadline_s
@@ -105,7 +114,7 @@ class CallStream:
             if with_function:
                 request.function = function
                 self._remember(key)
-            event = await self._answer(request, deadline, deadline_s)
+            event = await self._answer(request, deadline, deadline_s, on_progress)
             request.function = b""
             body = event.WhichOneof("body")
             if body == "reply":
@@ -117,7 +126,11 @@ class CallStream:
             with_function = True  # it let the function go: send it again
 
     async def _answer(
-        self, request: pool_pb2.RunRequest, deadline: float | None, timeout_s: float | None
+        self,
+        request: pool_pb2.RunRequest,
+        deadline: float | None,
+        timeout_s: float | None,
+        on_progress: OnProgress | None,
     ) -> pool_pb2.CallEvent:
         if self.broken is not None:
             raise self.broken
@@ -128,6 +141,8 @@ class CallStream:
         call_id = next(self._ids)
         answer: asyncio.Future[pool_pb2.CallEvent] = loop.create_future()
         self._pending[call_id] = answer
+        if on_progress is not None:
+            self._on_progress[call_id] = on_progress
         message = pool_pb2.CallMessage(call_id=call_id, start=request, deadline_s=remaining or 0.0)
         self._outbox.put_nowait(message)
         try:
@@ -140,6 +155,8 @@ class CallStream:
         except asyncio.CancelledError:
             self._cancel(call_id)
             raise
+        finally:
+            self._on_progress.pop(call_id, None)
 
     def _cancel(self, call_id: int) -> None:
         if self._pending.pop(call_id, None) is not None and self.broken is None:
@@ -179,6 +196,9 @@ class CallStream:
                     self.load = batch.load
                     self.load_at = asyncio.get_running_loop().time()
                 for event in batch.events:
+                    if event.HasField("progress"):
+                        self._progressed(event.call_id, event.progress)
+                        continue
                     answer = self._pending.pop(event.call_id, None)
                     if answer is not None and not answer.done():
                         answer.set_result(event)
@@ -197,6 +217,12 @@ class CallStream:
                 await asyncio.sleep(CLOSE_SETTLE_S)
             raise
         self._fail_all(error)
+
+    def _progressed(self, call_id: int, report: pool_pb2.CallProgress) -> None:
+        on_progress = self._on_progress.get(call_id)
+        if on_progress is not None:
+            fraction = report.fraction if report.HasField("fraction") else None
+            on_progress(fraction, report.message)
 
     def _fail_all(self, error: PoolError) -> None:
         self.broken = error

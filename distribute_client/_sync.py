@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import uvloop
@@ -84,3 +84,24 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
             finished.wait(CANCEL_WAIT_S)
         raise
     return tasks[0].result()
+
+
+class _End:
+    """Marks the end of an async iterator run from synchronous code."""
+
+
+async def _next(items: AsyncGenerator[T, None]) -> T | _End:
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        return _End()
+
+
+def iterate_sync(items: AsyncGenerator[T, None]) -> Iterator[T]:
+    """Iterate ``items`` on the private loop from synchronous code, one
+    trip to the loop per item; closed there when the caller stops early."""
+    try:
+        while not isinstance(item := run_sync(_next(items)), _End):
+            yield item
+    finally:
+        run_sync(items.aclose())

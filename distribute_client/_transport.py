@@ -19,7 +19,7 @@ import grpc
 
 from distribute_client import backends
 from distribute_client._credentials import Credentials, token_interceptors
-from distribute_client._stream import CallStream, OpenStream
+from distribute_client._stream import CallStream, OnProgress, OpenStream
 from distribute_client.errors import (
     ERRORS_BY_KIND,
     AuthenticationError,
@@ -148,6 +148,7 @@ class _Stub(Protocol):
     Submit: _Unary[pool_pb2.SubmitRequest, pool_pb2.SubmitReply]
     GetJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
     WatchJob: _Streaming[pool_pb2.JobRef, pool_pb2.JobStatus]
+    StreamLogs: _Streaming[pool_pb2.LogsRequest, pool_pb2.LogChunk]
     GetResult: _Unary[pool_pb2.JobRef, pool_pb2.JobResult]
     CancelJob: _Unary[pool_pb2.JobRef, pool_pb2.JobStatus]
     ListJobs: _Unary[pool_pb2.ListJobsRequest, pool_pb2.ListJobsReply]
@@ -303,17 +304,20 @@ async def run(
     request: pool_pb2.RunRequest,
     deadline_s: float | None,
     function: bytes = b"",
+    on_progress: OnProgress | None = None,
 ) -> Reply:
     """One call on the next idle worker, answered with its outcome: on the
     Calls stream, or in pieces over RunChunked if its payload is large.
     ``function`` is the pickled function of ``request.function_hash``, if it
-    has one (sent only to a server that lacks it)."""
+    has one (sent only to a server that lacks it). ``on_progress`` hears the
+    call's progress reports, where they travel (on the Calls stream)."""
     if address.backend:
         backend = backends.backend_for(address.target)
         outcome, worker_id, worker_pid = await backend.run(request, deadline_s, function)
         return Reply(outcome, worker_id, worker_pid, job_id="")
     if len(request.payload) <= STREAM_PAYLOAD_BYTES:
-        return Reply.of(await stream_for(address).run(request, deadline_s, function))
+        stream = stream_for(address)
+        return Reply.of(await stream.run(request, deadline_s, function, on_progress))
     request.function = function
     with map_rpc_errors(address, deadline_s):
         return await _run_chunked(stub_for(address), request, deadline_s)
@@ -419,6 +423,19 @@ async def watch_job(
     with map_rpc_errors(address, None):
         async for status in stub_for(address).WatchJob(request):
             yield status
+
+
+async def stream_logs(
+    address: Address, request: pool_pb2.LogsRequest
+) -> AsyncIterator[pool_pb2.LogChunk]:
+    """StreamLogs: a running job's output as it prints it. A backend keeps
+    no live output: to it every job's is in its outcome (``finished``)."""
+    if address.backend:
+        yield pool_pb2.LogChunk(finished=True)
+        return
+    with map_rpc_errors(address, None):
+        async for chunk in stub_for(address).StreamLogs(request):
+            yield chunk
 
 
 async def get_result(

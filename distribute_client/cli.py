@@ -3,6 +3,7 @@
     pool-client workers
     pool-client submit mypkg.sims:run 42 '{"steps": 10}' --kwargs '{"seed": 7}'
     pool-client status JOB_ID | result JOB_ID | cancel JOB_ID | watch JOB_ID
+    pool-client logs JOB_ID [--follow]
     pool-client result --unpickle BATCH_ID    (or a map chunk's JOB_ID)
     pool-client cancel --batch BATCH_ID
     pool-client jobs --state RUNNING
@@ -17,6 +18,13 @@ chunk's job or of a batch prints one line per call in input order: its value
 as JSON, or ``error: Type: message`` where it raised (exit 1 if any did).
 ``jobs`` lists the newest 50 (``--limit N`` for more) and says on stderr
 when there are more than it shows.
+``watch`` draws a live bar (progress, state, message) on stderr when stderr
+is a terminal, then prints the final status line; otherwise, and with
+``--json``, it prints a line per update. ``logs`` prints what a job printed
+(stdout and stderr as they interleaved): of a running job the last 64 KiB the
+server keeps, and with ``--follow`` all it prints after, as it prints it,
+until it finishes; of a finished job its whole captured output, read from
+its result (``--unpickle`` for one submitted from Python, as for ``result``).
 Output is for people; ``--json`` prints JSON for scripts (a job's id is
 ``id`` in all of it), and then errors too, as one line on stderr:
 ``{"error": {"kind": "timed-out", "type": "JobTimedOutError", "message": ...,
@@ -51,6 +59,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
+
+from tqdm import tqdm
 
 from distribute_client import (
     AuthenticationError,
@@ -219,6 +229,7 @@ def _parser(json_errors: bool = False) -> _Parser:
         ("result", _result, "wait for a job (or a batch) and print its result(s)"),
         ("cancel", _cancel, "cancel a job"),
         ("watch", _watch, "follow a job's progress until it finishes"),
+        ("logs", _logs, "print what a job printed; --follow streams it as it runs"),
     ):
         sub = command(name, function, help)
         if name == "cancel":
@@ -235,14 +246,22 @@ def _parser(json_errors: bool = False) -> _Parser:
                 metavar="BATCH_OR_JOB_ID" if name == "result" else "JOB_ID",
                 help="a job's id; for result, also a batch's (each call of a map on a line)",
             )
-        if name == "result":
-            sub.add_argument("--timeout", type=float, help="give up after this many seconds")
+        if name == "logs":
+            sub.add_argument(
+                "--follow",
+                "-f",
+                action="store_true",
+                help="keep printing what it prints until it finishes (exit code as for watch)",
+            )
+        if name in ("result", "logs"):
             sub.add_argument(
                 "--unpickle",
                 action="store_true",
                 help="also read results submitted from Python, which are pickles: unpickling "
                 "runs code the submitter chose (JSON results never need it)",
             )
+        if name == "result":
+            sub.add_argument("--timeout", type=float, help="give up after this many seconds")
     jobs = command("jobs", _jobs, "list jobs, newest first")
     jobs.add_argument(
         "--state",
@@ -539,16 +558,63 @@ def _cancel(client: Client, args: argparse.Namespace) -> int:
 
 
 def _watch(client: Client, args: argparse.Namespace) -> int:
+    live = not args.json and sys.stderr.isatty()
+
     async def follow(job: Job[Any]) -> JobStatus:
         last = None
-        async for status in job.watch():
-            last = status
-            _show(status, args.json)
+        bar = _WatchBar(job.id) if live else None
+        try:
+            async for status in job.watch():
+                last = status
+                if bar is None:
+                    _show(status, args.json)
+                else:
+                    bar.show(status)
+        finally:
+            if bar is not None:
+                bar.close()
         assert last is not None
+        if bar is not None:
+            _show(last, False)  # the outcome stays on the screen, and on stdout
         return last
 
     final = asyncio.run(follow(client.job(args.job_id)))
     return _exit_for_state(final.state)
+
+
+class _WatchBar:
+    """``watch`` on a terminal: one bar of the job's progress, with its state
+    and last message beside it, redrawn in place."""
+
+    def __init__(self, job_id: str) -> None:
+        self._bar = tqdm(
+            total=100,
+            desc=job_id,
+            file=sys.stderr,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}",
+        )
+
+    def show(self, status: JobStatus) -> None:
+        if status.progress is not None:
+            self._bar.n = round(status.progress * 100, 1)
+        postfix = str(status.state) + (f" {status.message}" if status.message else "")
+        self._bar.set_postfix_str(postfix, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job_id)
+    try:
+        for text in job.logs(follow=args.follow, unpickle=args.unpickle):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except SerializationError as e:
+        print(f"pool-client: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return _exit_for_state(job.status().state) if args.follow else EXIT_OK
 
 
 def _jobs(client: Client, args: argparse.Namespace) -> int:

@@ -149,16 +149,26 @@ class CallCancel(_message.Message):
     def __init__(self) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("call_id", "reply", "failed", "function_needed")
+    __slots__ = ("call_id", "reply", "failed", "function_needed", "progress")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_NEEDED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     reply: RunReply
     failed: CallFailed
     function_needed: FunctionNeeded
-    def __init__(self, call_id: _Optional[int] = ..., reply: _Optional[_Union[RunReply, _Mapping]] = ..., failed: _Optional[_Union[CallFailed, _Mapping]] = ..., function_needed: _Optional[_Union[FunctionNeeded, _Mapping]] = ...) -> None: ...
+    progress: CallProgress
+    def __init__(self, call_id: _Optional[int] = ..., reply: _Optional[_Union[RunReply, _Mapping]] = ..., failed: _Optional[_Union[CallFailed, _Mapping]] = ..., function_needed: _Optional[_Union[FunctionNeeded, _Mapping]] = ..., progress: _Optional[_Union[CallProgress, _Mapping]] = ...) -> None: ...
+
+class CallProgress(_message.Message):
+    __slots__ = ("fraction", "message")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    message: str
+    def __init__(self, fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
 
 class CallFailed(_message.Message):
     __slots__ = ("code", "message", "metadata")
@@ -304,6 +314,24 @@ class JobStatus(_message.Message):
     items: int
     item_offset: int
     def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., progress: _Optional[float] = ..., message: _Optional[str] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker_id: _Optional[int] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., batch_id: _Optional[str] = ..., name: _Optional[str] = ..., items: _Optional[int] = ..., item_offset: _Optional[int] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("job_id", "follow")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    follow: bool
+    def __init__(self, job_id: _Optional[str] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class LogChunk(_message.Message):
+    __slots__ = ("text", "skipped", "finished")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    skipped: int
+    finished: bool
+    def __init__(self, text: _Optional[str] = ..., skipped: _Optional[int] = ..., finished: _Optional[bool] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("status", "outcome")

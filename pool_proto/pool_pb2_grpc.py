@@ -109,6 +109,11 @@ class PoolStub:
                 request_serializer=pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
                 response_deserializer=pool__proto_dot_pool__pb2.ObjectRef.FromString,
                 _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/pool.Pool/StreamLogs',
+                request_serializer=pool__proto_dot_pool__pb2.LogsRequest.SerializeToString,
+                response_deserializer=pool__proto_dot_pool__pb2.LogChunk.FromString,
+                _registered_method=True)
 
 
 class PoolServicer:
@@ -233,6 +238,18 @@ class PoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamLogs(self, request, context):
+        """What a job prints, as it prints it (stdout and stderr interleaved):
+        for a running job, the tail the server keeps (LogChunk.skipped says how
+        much came before it), then with `follow` each new piece until the job
+        finishes; the last message has `finished` set once the job has. A
+        finished job's output is not kept here but in its outcome (its result
+        holds it, captured whole), so its stream is that one message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -310,6 +327,11 @@ def add_PoolServicer_to_server(servicer, server):
                     servicer.DeleteObject,
                     request_deserializer=pool__proto_dot_pool__pb2.ObjectRef.FromString,
                     response_serializer=pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=pool__proto_dot_pool__pb2.LogsRequest.FromString,
+                    response_serializer=pool__proto_dot_pool__pb2.LogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -717,6 +739,33 @@ class Pool:
             '/pool.Pool/DeleteObject',
             pool__proto_dot_pool__pb2.ObjectRef.SerializeToString,
             pool__proto_dot_pool__pb2.ObjectRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pool.Pool/StreamLogs',
+            pool__proto_dot_pool__pb2.LogsRequest.SerializeToString,
+            pool__proto_dot_pool__pb2.LogChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,10 @@ log = logging.getLogger("pool_server.call_stream")
 # single answer goes alone).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 
-Handler = Callable[[pool_pb2.CallMessage], Coroutine[Any, Any, pool_pb2.CallEvent]]
+# A call's handler gets its message and a way to send events before its
+# answer (progress); it returns the answer.
+Aside = Callable[[pool_pb2.CallEvent], None]
+Handler = Callable[[pool_pb2.CallMessage, Aside], Coroutine[Any, Any, pool_pb2.CallEvent]]
 
 
 class CallStream:
@@ -102,9 +105,14 @@ class CallStream:
             error = InvalidCall(f"call id {call_id} is already running on this stream")
             self._answers.put_nowait(failure(call_id, error))
             return
-        task = asyncio.create_task(self._handle(message))
+        task = asyncio.create_task(self._handle(message, self._aside))
         self._calls[call_id] = task
         task.add_done_callback(lambda done: self._finished(call_id, done))
+
+    def _aside(self, event: pool_pb2.CallEvent) -> None:
+        """An event about a running call that is not its answer."""
+        if event.call_id in self._calls:
+            self._answers.put_nowait(event)
 
     def _finished(self, call_id: int, task: asyncio.Task[pool_pb2.CallEvent]) -> None:
         del self._calls[call_id]

@@ -28,10 +28,12 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pool_server.errors import CallError, JobCancelled, JobInterrupted, JobTimedOut
 from pool_server.events import Listeners
+from pool_server.job_logs import JobLog
 from pool_wire.limits import MAX_ERROR_SUMMARY_CHARS, MAX_PROGRESS_MESSAGE_CHARS
 from pool_wire.names import JobState
 from pool_wire.protocol import ResultStatus
@@ -138,6 +140,11 @@ class Job:
     # Resolved by the next change a watcher may want to see (state,
     # progress); made only when someone watches, as most jobs are not.
     _next_change: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    # Told of each progress report: a call on a Calls stream passes it on.
+    on_progress: Callable[[Job], None] | None = field(default=None, repr=False)
+    # The tail of a durable job's output while it runs (job_logs); None
+    # until it prints or is followed, and again once it finishes.
+    log: JobLog | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         where = f" on worker {self.worker_id}" if self.state is JobState.RUNNING else ""
@@ -267,6 +274,9 @@ class Job:
             self.progress, self.message = None, ""
         elif new.finished:
             self.finished_at = time.time()
+            if self.log is not None:
+                self.log.finish()
+                self.log = None
         if self.listeners is not None:
             self.listeners.announce(JobChange(self, old))
         if new.finished and not self.done.done():
@@ -278,6 +288,21 @@ class Job:
         message is cut, as it is kept and listed with the job."""
         self.progress, self.message = fraction, message[:MAX_PROGRESS_MESSAGE_CHARS]
         self.notify()
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def printed(self, text: str, skipped: int) -> None:
+        """The running function printed ``text`` (after ``skipped``
+        characters left out): kept for followers of a durable job, whose id
+        they can name (a call's output comes back with it, and only then)."""
+        if self.durable and not self.state.finished:
+            self.output_log().add(text, skipped)
+
+    def output_log(self) -> JobLog:
+        """The log of this unfinished job, made on first use."""
+        if self.log is None:
+            self.log = JobLog()
+        return self.log
 
     def next_change(self) -> asyncio.Future[None]:
         """A future resolved by the job's next change of state or progress."""

@@ -56,6 +56,7 @@ from pool_wire.protocol import (
     JobRequest,
     LineReader,
     Message,
+    Output,
     Progress,
     ProtocolError,
     Raised,
@@ -149,6 +150,7 @@ class WorkerProcess:
         self._job_id = ""
         self._reply: asyncio.Future[JobOutcome] | None = None
         self._on_progress: Callable[[Progress], None] | None = None
+        self._on_output: Callable[[Output], None] | None = None
         self.protocol_error: str | None = None  # why we gave up on it, if it broke the protocol
         self.memory_kill: str | None = None  # why it was killed for its memory, if it was
         loop = asyncio.get_running_loop()
@@ -231,6 +233,7 @@ class WorkerProcess:
         function: bytes | None = None,
         function_hash: str = "",
         objects: Sequence[tuple[str, bytes]] = (),
+        on_output: Callable[[Output], None] | None = None,
     ) -> asyncio.Future[JobOutcome]:
         """Write one job to the worker; the future resolves with its outcome,
         or with :class:`WorkerDied` if the worker closes its channel first.
@@ -238,13 +241,15 @@ class WorkerProcess:
         A payload with ``function_hash`` set names its function by that key;
         ``function`` (its pickled bytes) goes first, on a FUNCTION line, if
         the worker does not have it yet, and so does each of the stored
-        ``objects`` (key, pickled bytes) it refers to.
+        ``objects`` (key, pickled bytes) it refers to. ``on_output`` hears
+        what the job prints as it runs (OUTPUT lines).
         """
         reply: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
         if self.gone.done():
             reply.set_exception(WorkerDied())
             return reply
         self._job_id, self._reply, self._on_progress = job_id, reply, on_progress
+        self._on_output = on_output
         self.raised = ""
         self._start_output(job_id)
         job = self._job_line(job_id, payload)
@@ -316,7 +321,7 @@ class WorkerProcess:
                 if not reply.done():
                     raise WorkerDied()
         finally:
-            self._reply = self._on_progress = self._resend = None
+            self._reply = self._on_progress = self._on_output = self._resend = None
             self._report_dropped()
         return reply.result() if reply.done() else None
 
@@ -434,7 +439,7 @@ class WorkerProcess:
         if not self._ready.done():
             self._handle_ready(message)
             return
-        if isinstance(message, Progress | Retiring | Raised):
+        if isinstance(message, Progress | Output | Retiring | Raised):
             self._handle_aside(message)
             return
         if isinstance(message, ArenaOutcome):
@@ -452,11 +457,14 @@ class WorkerProcess:
         self._release_arena()
         self._reply.set_result(message)
 
-    def _handle_aside(self, message: Progress | Retiring | Raised) -> None:
+    def _handle_aside(self, message: Progress | Output | Retiring | Raised) -> None:
         """A line about the running job that is not its answer."""
         if isinstance(message, Progress):
             if self._on_progress is not None and message.job_id == self._job_id:
                 self._on_progress(message)
+        elif isinstance(message, Output):
+            if self._on_output is not None and message.job_id == self._job_id:
+                self._on_output(message)
         elif isinstance(message, Retiring):
             log.info(
                 "worker %d (pid %d) asks to be replaced after job %s: %s",

@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TypeVar
 
 import grpc
 
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.auth import Caller, current_caller
-from pool_server.call_stream import CallStream, failure
+from pool_server.call_stream import Aside, CallStream, failure
 from pool_server.errors import CallError, DeadlineExceeded, InvalidCall, ShuttingDown
 from pool_server.functions import FunctionNeeded, FunctionStore
 from pool_server.jobs import Job
@@ -138,14 +138,20 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             raise ShuttingDown(_CLOSED)
         return waiting.result()
 
-    async def _stream_call(self, message: pool_pb2.CallMessage) -> pool_pb2.CallEvent:
-        """One call of a Calls stream, answered as a Run would be."""
+    async def _stream_call(self, message: pool_pb2.CallMessage, aside: Aside) -> pool_pb2.CallEvent:
+        """One call of a Calls stream, answered as a Run would be; its
+        progress reports go ahead of the answer as CallProgress events."""
         call_id = message.call_id
+
+        def progressed(job: Job) -> None:
+            report = pool_pb2.CallProgress(fraction=job.progress, message=job.message)
+            aside(pool_pb2.CallEvent(call_id=call_id, progress=report))
+
         budget = max(message.deadline_s - DEADLINE_MARGIN_S, 0.0) if message.deadline_s else None
         try:
             if budget is not None and not math.isfinite(budget):
                 raise InvalidCall(f"deadline_s must be a number of seconds, got {budget!r}")
-            job = await self._run(message.start, budget)
+            job = await self._run(message.start, budget, on_progress=progressed)
         except FunctionNeeded:
             return pool_pb2.CallEvent(call_id=call_id, function_needed=pool_pb2.FunctionNeeded())
         except CallError as e:
@@ -244,6 +250,31 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             finally:
                 await updates.aclose()
 
+    async def StreamLogs(
+        self, request: pool_pb2.LogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pool_pb2.LogChunk]:
+        """A running job's output tail, then (following) each new piece; a
+        finished job's is in its outcome (see proto/pool.proto)."""
+        async with _status_on_error(context):
+            job_id = _text("job_id", request.job_id, MAX_ID_CHARS)
+            job = await self._tracker.get(job_id, _caller())
+            if job.state.finished:
+                yield pool_pb2.LogChunk(finished=True)
+                return
+            log = job.output_log()
+            follower = log.follow() if request.follow else None  # in the step that reads the tail
+            try:
+                yield pool_pb2.LogChunk(text=log.text, skipped=log.skipped)
+                if follower is None:
+                    return
+                while (piece := await self._unless_closed(follower.next())) is not None:
+                    text, skipped = piece
+                    yield pool_pb2.LogChunk(text=text, skipped=skipped)
+                yield pool_pb2.LogChunk(finished=True)
+            finally:
+                if follower is not None:
+                    log.unfollow(follower)
+
     async def GetResult(
         self, request: pool_pb2.JobRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.JobResult:
@@ -341,6 +372,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         request: pool_pb2.RunRequest,
         budget: float | None,
         payload: bytes | bytearray | None = None,
+        on_progress: Callable[[Job], None] | None = None,
     ) -> Job:
         self._refuse_if_draining()
         if payload is None:
@@ -360,6 +392,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             function=function,
             function_hash=request.function_hash,
             objects=tuple((key, self.objects.get(key)) for key in request.refs),
+            on_progress=on_progress,
         )
         queued = False
         try:

@@ -51,7 +51,7 @@ from pool_server.recycling import NO_LOOP_FRACTION, RSS_SAMPLE_S, ExitReason, Re
 from pool_server.scaling import DEFAULT_SCALE_DOWN_DELAY_S, Autoscaler, WorkerLimits
 from pool_server.sizes import format_size
 from pool_wire.names import JobState, WorkerState
-from pool_wire.protocol import Progress
+from pool_wire.protocol import Output, Progress
 
 log = logging.getLogger("pool_server.supervisor")
 
@@ -384,8 +384,15 @@ class WorkerPool:
         worker.job = job
         try:
             progressed = functools.partial(_progressed, job)
+            printed = functools.partial(_printed, job) if job.durable else None
             sent = await process.send(
-                job.id, job.payload, progressed, job.function, job.function_hash, job.objects
+                job.id,
+                job.payload,
+                progressed,
+                job.function,
+                job.function_hash,
+                objects=job.objects,
+                on_output=printed,
             )
             if job.max_attempts == 1:
                 # Nothing in this server's life sends it again (a durable job's
@@ -544,6 +551,10 @@ def _payload_size(job: Job) -> int:
 
 def _progressed(job: Job, progress: Progress) -> None:
     job.progressed(progress.fraction, progress.message)
+
+
+def _printed(job: Job, output: Output) -> None:
+    job.printed(output.text, output.skipped)
 
 
 @contextlib.asynccontextmanager

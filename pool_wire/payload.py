@@ -49,9 +49,10 @@ OUT_OF_BAND_BYTES = 64 * 1024
 # Version 2 added ``function_hash``, a trailing field with a default, so a
 # version 1 payload (a durable job journaled before an upgrade) still reads;
 # version 3 added ``BatchOutcome.returned``, version 4 the requests'
-# ``module_files``, likewise.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = frozenset({1, 2, 3, 4})
+# ``module_files``, likewise; version 5 ``BatchOutcome.run_seconds``
+# (issue 15: a map sizes its chunks by how long its calls run).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = frozenset({1, 2, 3, 4, 5})
 
 _MAGIC = b"\x89PLD"  # not ASCII, so never taken for JSON or text
 _HEADER = struct.Struct(">4sI")  # magic, version
@@ -166,12 +167,15 @@ class BatchOutcome:
 
     outcomes: list[CallOutcome]
     returned: Pickled | None = None
+    # With ``returned``: how long the calls ran, together (the outcomes, when
+    # there are any, carry their own).
+    run_seconds: float = 0.0
 
     def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[type[BatchOutcome], tuple[Any, ...]]:
         if self.returned is None:
             return BatchOutcome, (self.outcomes,)
         (returned,) = _pickleable(protocol, self.returned)
-        return BatchOutcome, (self.outcomes, returned)
+        return BatchOutcome, (self.outcomes, returned, self.run_seconds)
 
 
 def dumps(message: CallRequest | BatchRequest | CallOutcome | BatchOutcome) -> bytes:

@@ -9,6 +9,7 @@ worker both use these functions, so the format lives in exactly one place.
     server -> worker   JOB <job-id> <base64 payload>
     server -> worker   JOBREF <job-id> <offset> <length>                 (payload in the arena)
     worker -> server   PROGRESS <job-id> <fraction or -> <base64 message>   (any number)
+    worker -> server   OUTPUT <job-id> <skipped> <base64 text>              (any number)
     worker -> server   RETIRING <job-id> <base64 reason>                    (rarely)
     worker -> server   RAISED <job-id> <base64 "Type: message">             (a failed call)
     worker -> server   RESULT <job-id> <ok|error|retry|missing> <base64 outcome>
@@ -19,6 +20,14 @@ another (it closed fds 0-2, or ignored SIGTERM): the worker exits after the
 RESULT, and the server replaces it before it takes the next job. It must
 come first, not after: a line after the RESULT could arrive after the
 server had sent that worker the next job.
+
+OUTPUT carries what the running call printed (stdout and stderr as they
+interleave), as it prints it, for the job's followers (issue 15): the worker
+sends what was printed since its last OUTPUT line at most every
+``worker_proc.reporting.OUTPUT_INTERVAL_S``, at most ``MAX_OUTPUT_CHARS``
+of it (the latest), and ``skipped`` counts the characters printed before
+``text`` that it left out. The call's output still comes whole in its
+outcome; OUTPUT lines are a live view of it.
 
 RAISED comes just before the RESULT of a call that failed: the type and
 message of its exception, as text, so that a FAILED job's status, listing
@@ -61,7 +70,12 @@ from pool_wire.limits import MAX_PAYLOAD_BYTES
 
 # 4: FUNCTION, JOBREF and RESULTREF lines, and the ``missing`` status (issue 10).
 # 5: RAISED lines (issue 15).
-PROTOCOL_VERSION = 5
+# 6: OUTPUT lines (issue 15).
+PROTOCOL_VERSION = 6
+
+# The most text one OUTPUT line carries (the latest printed; the rest is
+# counted as skipped): a live view needs the tail, not a flood.
+MAX_OUTPUT_CHARS = 16 * 1024
 
 # base64 grows data by 4/3; 128 bytes cover the kind token, ids and newline.
 MAX_LINE_BYTES = (MAX_PAYLOAD_BYTES + 2) // 3 * 4 + 128
@@ -73,6 +87,7 @@ _BODY_FIELDS = {
     b"FUNCTION": 1,
     b"JOB": 1,
     b"PROGRESS": 2,
+    b"OUTPUT": 2,
     b"RETIRING": 1,
     b"RAISED": 1,
     b"RESULT": 2,
@@ -151,6 +166,16 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class Output:
+    """What the running job printed since its last Output: ``text``, after
+    ``skipped`` characters printed before it and left out."""
+
+    job_id: str
+    skipped: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class JobOutcome:
     """The worker's answer to one job; ``outcome`` is opaque to the server."""
 
@@ -191,6 +216,7 @@ Message = (
     | JobRequest
     | ArenaJob
     | Progress
+    | Output
     | Retiring
     | Raised
     | JobOutcome
@@ -237,15 +263,25 @@ def _head_and_body(message: Message) -> tuple[bytes, bytes]:
             return b"RESULTREF %s %s %d %d" % fields, b""
         case JobRequest(job_id, payload):
             return b"JOB %s " % job_id.encode(), payload
+        case JobOutcome(job_id, status, outcome):
+            return b"RESULT %s %s " % (job_id.encode(), status.value.encode()), outcome
+        case Progress() | Output() | Retiring() | Raised():
+            return _aside_head_and_body(message)
+    raise TypeError(f"not a protocol message: {message!r}")
+
+
+def _aside_head_and_body(message: Progress | Output | Retiring | Raised) -> tuple[bytes, bytes]:
+    """As :func:`_head_and_body`, for the lines about a running job."""
+    match message:
         case Progress(job_id, fraction, text):
             amount = b"-" if fraction is None else repr(fraction).encode()
             return b"PROGRESS %s %s " % (job_id.encode(), amount), text.encode()
+        case Output(job_id, skipped, text):
+            return b"OUTPUT %s %d " % (job_id.encode(), skipped), text.encode()
         case Retiring(job_id, reason):
             return b"RETIRING %s " % job_id.encode(), reason.encode()
         case Raised(job_id, summary):
             return b"RAISED %s " % job_id.encode(), summary.encode()
-        case JobOutcome(job_id, status, outcome):
-            return b"RESULT %s %s " % (job_id.encode(), status.value.encode()), outcome
     raise TypeError(f"not a protocol message: {message!r}")
 
 
@@ -411,6 +447,11 @@ def _message(kind: bytes, fields: list[str], data: bytes) -> Message:
         if kind == b"PROGRESS":
             job, amount = fields
             return Progress(job, None if amount == "-" else float(amount), data.decode())
+        if kind == b"OUTPUT":
+            job, skipped = fields
+            if not skipped.isdigit():
+                raise ValueError(f"skipped is not a count: {skipped!r}")
+            return Output(job, int(skipped), data.decode())
         if kind == b"RETIRING":
             return Retiring(fields[0], data.decode())
         if kind == b"RAISED":

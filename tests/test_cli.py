@@ -127,6 +127,7 @@ COMMANDS = [
     ["result", "j1"],
     ["cancel", "j1"],
     ["watch", "j1"],
+    ["logs", "j1"],
     ["jobs"],
     ["batch", "b1"],
     ["load", "--rps", "1", "--duration", "1"],

@@ -248,7 +248,8 @@ def test_map_closed_early_cancels_what_is_left(server: ServerProcess, tmp_path: 
     ready, never = tmp_path / "ready", str(tmp_path / "never")
     ready.touch()
     remote = compute_this(server.address)(wait_for_file)
-    with remote.map([str(ready)] + [never] * 5, max_in_flight=6, durable=True) as batch:
+    calls = [str(ready)] + [never] * 5  # a chosen chunk size: all six are sent at once
+    with remote.map(calls, max_in_flight=6, chunk_size=1, durable=True) as batch:
         assert next(batch) == "released"
     states = [s.state for s in Client(server.address).jobs(batch_id=batch.batch_id)]
     assert sorted(states) == ["CANCELLED"] * 5 + ["DONE"]

@@ -174,7 +174,7 @@ def _run_jobs(messages: list[Message], session: _Session) -> str | None:
         job_id = message.job_id
         del message  # let a large payload go before its outcome is written
         check = functools.partial(unfit, session.fixture)
-        with reporting(job_id, session.write):
+        with reporting(job_id, session.write, session.write):
             status, outcome, problem = run_checked(payload, check, session.functions, session.arena)
         del payload
         _answer(job_id, status, outcome, problem, session)

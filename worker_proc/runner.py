@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import cloudpickle
 from tblib import pickling_support
 
+from pool_wire import progress as progress_hook
 from pool_wire.arena import Arena
 from pool_wire.function_cache import FunctionCache
 from pool_wire.limits import MAX_PAYLOAD_BYTES
@@ -67,7 +68,7 @@ from pool_wire.protocol import ResultStatus
 from pool_wire.refs import RefMissing
 from pool_wire.source_files import same_module_functions
 from pool_wire.tracebacks import reduce_traceback
-from worker_proc import freshness
+from worker_proc import freshness, reporting
 from worker_proc.original import run_original
 from worker_proc.tracebacks import drop_own_frames, trim_tracebacks
 
@@ -196,11 +197,12 @@ def _call_all(
     if len(calls) == 1:
         ((args, kwargs),) = calls
         return [_call(function, args, kwargs, retry_on)]
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = _Printed(), _Printed()
     done: list[_Ran] = []
     spans: list[tuple[int, int, int, int]] = []
-    with _captured(stdout, stderr):
-        for args, kwargs in calls:
+    with _captured(stdout, stderr), _shares():
+        for index, (args, kwargs) in enumerate(calls):
+            progress_hook.set_share(index, len(calls))
             out, err = stdout.tell(), stderr.tell()
             started_at, start = time.time(), time.perf_counter()
             try:
@@ -223,7 +225,7 @@ def _call(
     kwargs: dict[str, Any],
     retry_on: tuple[str, ...],
 ) -> _Ran:
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = _Printed(), _Printed()
     started_at, start = time.time(), time.perf_counter()
     try:
         with _captured(stdout, stderr):
@@ -286,7 +288,7 @@ def _batch_outcome(ran: list[_Ran], values: _Values) -> bytes:
         except Exception:
             values.rewind()
         else:
-            return dumps(BatchOutcome([], returned))
+            return dumps(BatchOutcome([], returned, sum(r.run_seconds for r in ran)))
     return dumps(BatchOutcome([_call_outcome(r, values) for r in ran]))
 
 
@@ -441,6 +443,25 @@ def _is_one_of(error: BaseException, names: tuple[str, ...]) -> bool:
     return bool(names) and any(
         f"{cls.__module__}.{cls.__qualname__}" in names for cls in type(error).__mro__
     )
+
+
+class _Printed(io.StringIO):
+    """A call's captured stdout or stderr, also handed as it is written to
+    the job's live output (``reporting.printed``)."""
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        reporting.printed(text)
+        return written
+
+
+@contextlib.contextmanager
+def _shares() -> Iterator[None]:
+    """Each call of a batch reports progress as its share of the batch's."""
+    try:
+        yield
+    finally:
+        progress_hook.set_share(0, 1)
 
 
 @contextlib.contextmanager
