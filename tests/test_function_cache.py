@@ -152,7 +152,7 @@ async def test_a_worker_that_misses_is_sent_the_function_and_the_job_again(
     answer = await run(worker, by_key(key, 1), pickled, key)
     assert answer.status is ResultStatus.OK and value(answer) == 11
     assert worker.functions_sent == 1
-    assert f"lacked function {key}" in caplog.text
+    assert f"lacked function or object {key}" in caplog.text
     assert value(await run(worker, by_key(key, 2), pickled, key)) == 12
     assert worker.functions_sent == 1
 
