@@ -585,6 +585,10 @@ class AsyncMap(Generic[R]):
         """Started, and neither finished nor closed."""
         return self._chunks is not None and not self._ended
 
+    @property
+    def filling(self) -> bool:
+        return self._filling
+
     async def aclose(self) -> None:
         """Cancel the chunks still outstanding. A fill() interrupted and not
         yet unwound is cancelling them itself: closing under it would fail."""
@@ -621,6 +625,11 @@ class Map(Generic[R]):
                     raise
             return self._results.pop()
 
+    @property
+    def busy(self) -> bool:
+        """In the middle of a step (``__next__``), which deals with a Ctrl-C itself."""
+        return self._results.filling
+
     def close(self) -> None:
         """Stop early: cancel the chunks still outstanding."""
         _interrupt.closed(self)
@@ -643,6 +652,8 @@ class Map(Generic[R]):
         # the frame that held it. Cancel what it sent before the program
         # can end (a durable map's jobs would run on); never block the loop
         # thread itself, where the collector may run too.
+        with contextlib.suppress(Exception):  # the interpreter may be shutting down
+            _interrupt.closed(self)
         if self._results.open:
             run_soon(self._results.aclose(), CANCEL_WAIT_S)
 
