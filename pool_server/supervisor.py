@@ -235,9 +235,10 @@ class WorkerPool:
             )
             hurried.cancel()
             finished.cancel()
+        why = "a second signal" if hurry.is_set() else f"--grace {grace_s:g} s"
         for worker in self.workers:
             if worker.job is not None:
-                message = f"the server stopped before the call finished (--grace {grace_s:g} s)"
+                message = f"the server stopped before the call finished ({why})"
                 worker.job.abandoned(ShuttingDown(message))
 
     def cancel(self, job: Job, error: CallError | None = None) -> None:
