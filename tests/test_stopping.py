@@ -310,7 +310,9 @@ def test_a_second_signal_stops_the_drain_at_once(start_server: StartServer, tmp_
         wait_until(lambda: "draining" in server.log(), 30, "the drain to start")
         server.proc.send_signal(signal.SIGINT)
         assert server.proc.wait(STOP_TIMEOUT_S) == 0
-        with pytest.raises(ServerUnavailableError, match=r"stopped before the call finished \(a second signal\)"):
+        with pytest.raises(
+            ServerUnavailableError, match=r"stopped before the call finished \(a second signal\)"
+        ):
             running.result(timeout=30)
     assert "SIGINT again: stopping without waiting" in server.log()
     assert server.stop() == 0
