@@ -330,8 +330,9 @@ def _module_files(
     function: Callable[..., Any], depmodules: tuple[str, ...], shipped: tuple[types.ModuleType, ...]
 ) -> tuple[tuple[str, str], ...]:
     """(name, file digest) of the modules the worker imports by reference
-    (depmodules, and modules the function names as globals), outside the
-    standard library: the worker checks its copies against them."""
+    (depmodules, modules the function names as globals, and those of the
+    functions and classes it names, ``from mymodel import predict``),
+    outside the standard library: the worker checks its copies against them."""
     names = set(depmodules)
     code = getattr(function, "__code__", None)
     globals_ = getattr(function, "__globals__", {})
@@ -339,6 +340,8 @@ def _module_files(
         value = globals_.get(name)
         if isinstance(value, types.ModuleType):
             names.add(value.__name__)
+        elif isinstance(getattr(value, "__module__", None), str):
+            names.add(value.__module__)
     skip = {m.__name__ for m in shipped}
     files = []
     for name in sorted(names - skip):

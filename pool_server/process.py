@@ -255,12 +255,15 @@ class WorkerProcess:
         job = self._job_line(job_id, payload)
         lines: list[Message] = [job]
         offers = [FunctionBytes(key, pickled) for key, pickled in objects]
-        if function_hash and function is not None:
-            offers.append(FunctionBytes(function_hash, function))
-        self._resend = (job, offers) if offers else None
-        for offer in offers:
-            if self._functions.get(offer.key) is None:  # as the worker will look it up
+        for offer in offers:  # the worker resolves objects without touching their recency
+            if offer.key not in self._functions:
                 lines.insert(-1, self._offered(offer))
+        if function_hash and function is not None:
+            offer = FunctionBytes(function_hash, function)
+            offers.append(offer)
+            if self._functions.get(function_hash) is None:  # as the worker will look it up
+                lines.insert(-1, self._offered(offer))
+        self._resend = (job, offers) if offers else None
         await self._write(lines)
         return reply
 

@@ -5,9 +5,10 @@ worker takes it from this cache. The server sends a function's pickled
 bytes (a ``FUNCTION`` line, ``pool_wire.protocol``) only when its mirror of
 that worker's cache lacks the key. Both sides run this same class with the
 same bounds, and apply the same operations in the same order (``put`` for
-each FUNCTION line, ``get`` for each job with a key), and the server is the
-only one that sends that worker jobs: so the mirror is exact, and a worker
-misses only through a bug. Even then the call is not lost: the worker
+each FUNCTION line, ``get`` for each job's function; stored objects, which
+share the cache, are looked up with ``peek``, which leaves their recency as
+it was), and the server is the only one that sends that worker jobs: so the
+mirror is exact, and a worker misses only through a bug. Even then the call is not lost: the worker
 answers ``missing`` and the server sends the function again.
 
 Sizes are those of the pickled bytes, which both sides know; what the
@@ -58,6 +59,12 @@ class FunctionCache(Generic[V]):
             return None
         self._entries.move_to_end(key)
         return entry[1]
+
+    def peek(self, key: str) -> V | None:
+        """The value of ``key``, its recency unchanged; None if absent (how
+        both sides look up stored objects, ``pool_wire.refs``)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
 
     def put(self, key: str, value: V, size: int) -> None:
         """Add (or replace) ``key`` as the most recently used, then evict."""

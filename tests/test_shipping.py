@@ -141,6 +141,29 @@ def test_a_module_imported_by_reference_is_reloaded_and_a_different_copy_named(
     assert matched.stderr == ""
 
 
+def test_a_function_imported_from_an_edited_module_runs_its_new_code(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """``from installed import version``: the worker, which unpickled the
+    caller's function with the old ``version``, reloads the module and
+    unpickles the function again."""
+    client_site = tmp_path / "client" / "site-packages"
+    server_site = tmp_path / "server" / "site-packages"
+    for site in (client_site, server_site):
+        write(site / "versioned.py", "def version():\n    return 1\n")
+    server = start_server("--workers", "1", env={**os.environ, "PYTHONPATH": str(server_site)})
+    path = script(tmp_path, "from versioned import version", "version() * x")
+    first = run_script(path, server.address, client_site)
+    assert first.stdout.splitlines() == ["21", "[0, 1, 2]"], first.stderr
+    for site in (client_site, server_site):
+        write(site / "versioned.py", "def version():\n    return 2  # edited\n")
+    edited = run_script(path, server.address, client_site)
+    assert edited.returncode == 0, edited.stderr
+    assert edited.stdout.splitlines() == ["42", "[0, 2, 4]"]
+    assert "reloaded module versioned" in edited.stderr
+    assert "not the caller's copy" not in edited.stderr
+
+
 def test_workdir_is_the_workers_cwd_and_first_path_entry(
     start_server: StartServer, tmp_path: Path
 ) -> None:

@@ -28,9 +28,12 @@ def remember(name: str) -> None:
         _imported[name] = file_digest(path)
 
 
-def refresh(module_files: tuple[tuple[str, str], ...]) -> str:
-    """Reload stale modules; the warnings about the rest, as stderr text."""
+def refresh(module_files: tuple[tuple[str, str], ...]) -> tuple[str, bool]:
+    """Reload stale modules; what to say about them, as stderr text, and
+    whether any was reloaded (then functions unpickled before hold its old
+    code, and must be unpickled again)."""
     warnings = []
+    reloaded = False
     for name, theirs in module_files:
         module = sys.modules.get(name)
         path = getattr(module, "__file__", None)
@@ -40,6 +43,7 @@ def refresh(module_files: tuple[tuple[str, str], ...]) -> str:
         if _imported.setdefault(name, ours) != ours:
             importlib.reload(module)
             _imported[name] = ours
+            reloaded = True
             warnings.append(
                 f"pool-server worker: reloaded module {name} ({path}): its file changed "
                 "since this worker imported it\n"
@@ -50,4 +54,4 @@ def refresh(module_files: tuple[tuple[str, str], ...]) -> str:
                 "(its file differs); this call runs this one. Install the same version on both "
                 f"sides, or ship it with compute_this(ship=[{name}])\n"
             )
-    return "".join(warnings)
+    return "".join(warnings), reloaded

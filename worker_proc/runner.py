@@ -79,9 +79,10 @@ _PICKLED_CODE_FILE = "<dynamic-code>"  # cloudpickle's co_filename for code pick
 
 @dataclass
 class CachedFunction:
-    """A function of the worker's cache: its pickle until a call needs it,
-    then the function (unpickled once, after that call's depmodules). A
-    stored object (``pool_wire.refs``) shares the cache: then ``value``."""
+    """A function of the worker's cache: its pickle, and once a call needs
+    it the function (unpickled once, after that call's depmodules; again
+    after a module it uses is reloaded, see ``freshness``). A stored object
+    (``pool_wire.refs``) shares the cache: then ``value``, its pickle let go."""
 
     pickled: bytes
     function: Callable[..., Any] | None = None
@@ -338,10 +339,12 @@ def _prepare(
         if first:
             freshness.remember(name)
     try:
-        warnings = freshness.refresh(request.module_files)
+        warnings, reloaded = freshness.refresh(request.module_files)
     except BaseException as e:  # an edited module that no longer imports
         e.add_note(f"while reloading a changed module on worker pid {os.getpid()}")
         raise _ImportFailed("a changed module") from e
+    if reloaded and functions is not None:
+        _unpickle_again(functions)
     if request.function_hash:
         function = _cached(request.function_hash, functions, request.source_files)
     else:
@@ -379,13 +382,23 @@ def _cached(
         )
     if entry.function is None:
         entry.function = _unpickle_function(entry.pickled, source_files)
-        entry.pickled = b""
     return entry.function
 
 
+def _unpickle_again(functions: Functions) -> None:
+    """Forget the functions unpickled so far: they hold a reloaded module's
+    old code (``from mymodel import predict``); their pickles make them anew."""
+    for key in functions.keys():
+        entry = functions.peek(key)
+        if entry is not None and entry.pickled:
+            entry.function = None
+
+
 def resolve_object(functions: Functions, key: str) -> Any:
-    """The stored object of ``key`` from the worker's cache, unpickled on first use."""
-    entry = functions.get(key)
+    """The stored object of ``key`` from the worker's cache, unpickled on
+    first use. Looked up without touching its recency, as the server's
+    mirror does (a call may or may not unpickle its refs again)."""
+    entry = functions.peek(key)
     if entry is None:
         raise RefMissing(
             f"the call refers to object {key}, which worker pid {os.getpid()} does not have "
