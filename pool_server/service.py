@@ -134,7 +134,10 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             closing.cancel()
             if not waiting.done():
                 waiting.cancel()
-        if not waiting.done() or waiting.cancelled():
+                # Until it has unwound, an anext() it holds is still running,
+                # and closing that generator would fail.
+                await asyncio.gather(waiting, return_exceptions=True)
+        if waiting.cancelled():
             raise ShuttingDown(_CLOSED)
         return waiting.result()
 

@@ -4,6 +4,7 @@ journal's space given back as the work finishes; against a real server."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from distribute_client import Client, JobInterruptedError, _batch, compute_this
+from pool_server.jobs import Job
+from pool_server.journal import Journal, new_row
 
 from .conftest import ServerProcess, StartServer, wait_until
 from .metrics_port import metrics_url, scrape
@@ -130,3 +133,27 @@ def test_submits_are_split_by_size(
     with remote.map([b"x" * (600 << 10)] * 6, chunk_size=1, durable=True) as results:
         assert list(results) == [600 << 10] * 6
     assert submits() - before == 6
+
+
+def test_recovered_jobs_share_their_functions_bytes(tmp_path: Path) -> None:
+    """Read back after a restart, the chunks naming one function hold one
+    copy of it between them, as they did before."""
+    tmp_path.chmod(0o700)
+    function = b"\x02" * (1 << 20)
+
+    async def write() -> None:  # a Job makes a future: on a loop
+        journal = Journal(tmp_path)
+        jobs = [
+            Job(b"p", id=f"j{i}", durable=True, function=function, function_hash="k")
+            for i in range(5)
+        ]
+        journal.commit([new_row(job) for job in jobs], [])
+        journal.close()
+
+    asyncio.run(write())
+    journal = Journal(tmp_path)
+    records = journal.unfinished()
+    journal.close()
+    assert len(records) == 5
+    assert all(record["function"] == function for record in records)
+    assert len({id(record["function"]) for record in records}) == 1
