@@ -143,7 +143,12 @@ class CallStream:
         self._pending[call_id] = answer
         if on_progress is not None:
             self._on_progress[call_id] = on_progress
-        message = pool_pb2.CallMessage(call_id=call_id, start=request, deadline_s=remaining or 0.0)
+        message = pool_pb2.CallMessage(
+            call_id=call_id,
+            start=request,
+            deadline_s=remaining or 0.0,
+            progress=on_progress is not None,
+        )
         self._outbox.put_nowait(message)
         try:
             async with asyncio.timeout_at(deadline):

@@ -133,16 +133,18 @@ class Load(_message.Message):
     def __init__(self, workers: _Optional[int] = ..., busy_workers: _Optional[int] = ..., queue_length: _Optional[int] = ...) -> None: ...
 
 class CallMessage(_message.Message):
-    __slots__ = ("call_id", "start", "cancel", "deadline_s")
+    __slots__ = ("call_id", "start", "cancel", "deadline_s", "progress")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     call_id: int
     start: RunRequest
     cancel: CallCancel
     deadline_s: float
-    def __init__(self, call_id: _Optional[int] = ..., start: _Optional[_Union[RunRequest, _Mapping]] = ..., cancel: _Optional[_Union[CallCancel, _Mapping]] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+    progress: bool
+    def __init__(self, call_id: _Optional[int] = ..., start: _Optional[_Union[RunRequest, _Mapping]] = ..., cancel: _Optional[_Union[CallCancel, _Mapping]] = ..., deadline_s: _Optional[float] = ..., progress: _Optional[bool] = ...) -> None: ...
 
 class CallCancel(_message.Message):
     __slots__ = ()

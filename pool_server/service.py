@@ -154,7 +154,9 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         try:
             if budget is not None and not math.isfinite(budget):
                 raise InvalidCall(f"deadline_s must be a number of seconds, got {budget!r}")
-            job = await self._run(message.start, budget, on_progress=progressed)
+            job = await self._run(
+                message.start, budget, on_progress=progressed if message.progress else None
+            )
         except FunctionNeeded:
             return pool_pb2.CallEvent(call_id=call_id, function_needed=pool_pb2.FunctionNeeded())
         except CallError as e:

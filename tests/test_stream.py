@@ -17,7 +17,13 @@ import cloudpickle
 import grpc
 import pytest
 
-from distribute_client import CallTimeoutError, ServerUnavailableError, _transport, compute_this
+from distribute_client import (
+    CallTimeoutError,
+    ServerUnavailableError,
+    _transport,
+    compute_this,
+    progress,
+)
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_wire.payload import CallRequest, dumps, function_key
 
@@ -353,3 +359,23 @@ def test_loops_that_close_leave_no_callbacks_behind(server: ServerProcess) -> No
     )
     assert (out.returncode, out.stdout) == (0, "done\n"), out.stderr
     assert out.stderr == ""
+
+
+def reports(steps: int) -> int:
+    for step in range(steps):
+        progress((step + 1) / steps, f"step {step}")
+        time.sleep(0.06)  # past the worker's 50 ms throttle
+    return steps
+
+
+def test_progress_events_go_only_to_a_stream_that_asks(server: ServerProcess) -> None:
+    """A client from before CallProgress would take one for the answer: a
+    call's reports travel only when its start says progress."""
+    payload = dumps(CallRequest(cloudpickle.dumps(reports), cloudpickle.dumps(((3,), {})), ()))
+    request = pool_pb2.RunRequest(payload=payload)
+    quiet = asyncio.run(_exchange(server.address, [_start(1, request)], 1))
+    assert [event.WhichOneof("body") for event in quiet] == ["reply"]
+    asking = pool_pb2.CallMessage(call_id=2, start=request, progress=True)
+    told = asyncio.run(_exchange(server.address, [asking], 4))
+    assert [event.WhichOneof("body") for event in told] == ["progress"] * 3 + ["reply"]
+    assert told[2].progress.message == "step 2"
