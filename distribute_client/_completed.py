@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 from distribute_client._jobs import Job
 from distribute_client._results import Batch
-from distribute_client._sync import run_sync
+from distribute_client._sync import iterate_sync
 from distribute_client.errors import CallTimeoutError, PoolError
 
 R = TypeVar("R")
@@ -82,16 +82,4 @@ def as_completed(work: Iterable[Job[R]] | Batch, timeout: float | None = None) -
     finished, in the order they finish; raise CallTimeoutError (a
     TimeoutError) if ``timeout`` seconds after this call some are still
     unfinished, as ``concurrent.futures.as_completed`` does."""
-    finished = async_as_completed(work, timeout)
-    try:
-        while True:
-            try:
-                yield run_sync(_next(finished))
-            except StopAsyncIteration:
-                return
-    finally:
-        run_sync(finished.aclose())
-
-
-async def _next(jobs: AsyncGenerator[Job[R], None]) -> Job[R]:
-    return await anext(jobs)
+    return iterate_sync(async_as_completed(work, timeout))

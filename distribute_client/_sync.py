@@ -99,9 +99,11 @@ async def _next(items: AsyncGenerator[T, None]) -> T | _End:
 
 def iterate_sync(items: AsyncGenerator[T, None]) -> Iterator[T]:
     """Iterate ``items`` on the private loop from synchronous code, one
-    trip to the loop per item; closed there when the caller stops early."""
+    trip to the loop per item; closed there when the caller stops early
+    (within CANCEL_WAIT_S, and not at all while the interpreter shuts down:
+    an iterator dropped then must not hang the exit)."""
     try:
         while not isinstance(item := run_sync(_next(items)), _End):
             yield item
     finally:
-        run_sync(items.aclose())
+        run_soon(items.aclose(), CANCEL_WAIT_S)

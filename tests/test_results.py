@@ -187,3 +187,35 @@ def test_as_completed_over_a_batch(server: ServerProcess, killed_map: str) -> No
         offsets.append(status.item_offset)
         _check_values(job.results(), status.item_offset)
     assert sorted(offsets) == [0, 4, 8]
+
+
+PARTLY_READ = """
+import sys, time
+from distribute_client import as_completed, compute_this
+
+@compute_this(sys.argv[1])
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+jobs = [nap.submit(0.0), nap.submit(30.0)]
+finished = as_completed(jobs)
+print(next(finished).result(), flush=True)
+"""
+
+
+def test_a_partly_read_as_completed_does_not_hold_the_exit(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The script ends with one job still running and its iterator open:
+    the interpreter exits as usual, instead of waiting on the iterator's
+    cleanup forever."""
+    script = tmp_path / "partly.py"
+    script.write_text(PARTLY_READ)
+    done = subprocess.run(
+        [sys.executable, str(script), server.address], capture_output=True, text=True, timeout=25
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["0.0"]
+    for job in server.client().jobs(state="RUNNING"):
+        server.client().job(job.id).cancel()
