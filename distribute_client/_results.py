@@ -70,8 +70,16 @@ class Batch:
         return self._client.job(job_id)
 
     async def async_jobs(self) -> list[JobStatus]:
-        """The batch's jobs, in the order of their calls in the map's input."""
+        """The batch's jobs, in the order of their calls in the map's input;
+        PoolError if they are not all there (a listing holds MAX_LIST_LIMIT)."""
+        total = (await self._client.async_batch(self.batch_id)).total
         statuses = await self._client.async_jobs(batch_id=self.batch_id, limit=MAX_LIST_LIMIT)
+        found = sum(status.items for status in statuses)
+        if found != total:
+            raise PoolError(
+                f"batch {self.batch_id} has {total} calls, but its jobs listed carry {found}: "
+                f"more than {MAX_LIST_LIMIT} jobs, or still being submitted"
+            )
         return sorted(statuses, key=lambda s: (s.item_offset, s.created_at))
 
     async def async_results(
@@ -80,15 +88,7 @@ class Batch:
         *,
         unpickle: bool = True,
     ) -> list[Any]:
-        total = (await self._client.async_batch(self.batch_id)).total
-        statuses = await self.async_jobs()
-        found = sum(status.items for status in statuses)
-        if found != total:
-            raise PoolError(
-                f"batch {self.batch_id} has {total} calls, but its jobs listed carry {found}: "
-                f"more than {MAX_LIST_LIMIT} jobs, or still being submitted"
-            )
-        jobs = [self.job(status.id) for status in statuses]
+        jobs = [self.job(status.id) for status in await self.async_jobs()]
         return _joined(await _fetch_all(jobs, timeout, unpickle))
 
     def results(self, timeout: float | None = None, *, unpickle: bool = True) -> list[Any]:
