@@ -328,14 +328,16 @@ class PoolService(pool_pb2_grpc.PoolServicer):
     ) -> pool_pb2.ObjectRef:
         async with _status_on_error(context):
             pickled = request.pickled  # each read of a protobuf bytes field is a copy
-            return pool_pb2.ObjectRef(key=self.objects.put(pickled), size=len(pickled))
+            self._refuse_if_draining()
+            key = self.objects.put(_caller().name, pickled)
+            return pool_pb2.ObjectRef(key=key, size=len(pickled))
 
     async def DeleteObject(
         self, request: pool_pb2.ObjectRef, context: grpc.aio.ServicerContext
     ) -> pool_pb2.ObjectRef:
         async with _status_on_error(context):
             key = _text("key", request.key, MAX_ID_CHARS)
-            return pool_pb2.ObjectRef(key=key, size=self.objects.delete(key))
+            return pool_pb2.ObjectRef(key=key, size=self.objects.delete(_caller().name, key))
 
     async def RunChunked(
         self, chunks: AsyncIterator[pool_pb2.Chunk], context: grpc.aio.ServicerContext
@@ -396,7 +398,7 @@ class PoolService(pool_pb2_grpc.PoolServicer):
             listeners=self._pool.job_listeners,
             function=function,
             function_hash=request.function_hash,
-            objects=tuple((key, self.objects.get(key)) for key in request.refs),
+            objects=self._objects_of(request.refs),
             on_progress=on_progress,
         )
         queued = False
@@ -426,6 +428,13 @@ class PoolService(pool_pb2_grpc.PoolServicer):
         self.calls_answered += 1
         self._load.answered()
         return job
+
+    def _objects_of(self, keys: Iterable[str]) -> tuple[tuple[str, bytes], ...]:
+        """The caller's stored objects of ``keys``, for a call that refers to them."""
+        owner = _caller().name if keys else ""
+        return tuple(
+            (key, self.objects.get(owner, _text("ref", key, MAX_ID_CHARS))) for key in keys
+        )
 
     def _deadline_message(self, job: Job, queued: bool, seconds: float | None) -> str:
         if not queued:

@@ -8,6 +8,7 @@ import itertools
 import os
 import pickle
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from distribute_client import (
 )
 
 from .conftest import ServerProcess, StartServer
+from .test_hostile_input import env_without_pool_token, write_token_file
 
 TABLE = bytes(range(256)) * (128 << 10)  # 32 MiB
 
@@ -118,3 +120,28 @@ def test_the_store_is_bounded(start_server: StartServer) -> None:
         client.put(b"y" * (2 << 20))
     client.delete(small)
     assert compute_this(server.address)(len)(b"still serving").compute() == 13
+
+
+def test_each_caller_has_objects_of_its_own(start_server: StartServer, tmp_path: Path) -> None:
+    """Stored objects are scoped as jobs are: bob can neither use nor delete
+    (nor find out about) what alice stored."""
+    token_file = tmp_path / "tokens"
+    tokens = write_token_file(token_file)
+    server = start_server(
+        "--workers",
+        "1",
+        "--token-file",
+        str(token_file),
+        env=env_without_pool_token(),
+        token=tokens["root"],
+    )
+    alice = Client(server.address, token=tokens["alice"])
+    bob = Client(server.address, token=tokens["bob"])
+    ref = alice.put(b"alice's data")
+    as_bob = compute_this(server.address, token=tokens["bob"])(len)
+    with pytest.raises(InvalidRequestError, match="which this server does not hold"):
+        as_bob(ref).compute()  # type: ignore[arg-type]
+    bob.delete(ref)  # a no-op for bob
+    as_alice = compute_this(server.address, token=tokens["alice"])(len)
+    assert as_alice(ref).compute() == len(b"alice's data")  # type: ignore[arg-type]
+    alice.delete(ref)
