@@ -210,10 +210,6 @@ class Journal:
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S, check_same_thread=False
             )
             self._db.row_factory = sqlite3.Row
-            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
-                # Only VACUUM switches an existing database over: once, here.
-                self._db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
-                self._db.execute("VACUUM")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
@@ -224,6 +220,25 @@ class Journal:
             self._check_identity()
             self._payload_dir.mkdir(mode=0o700, exist_ok=True)
             self._close_up()
+        self._vacuum_incrementally()
+
+    def _vacuum_incrementally(self) -> None:
+        """Put the journal in incremental auto-vacuum mode, which only a
+        VACUUM does for an existing one: once, after every check has passed.
+        It rewrites the file, so it needs its size again in free space; if
+        that is not there, the journal works on, keeping its free pages."""
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            return
+        try:
+            self._db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
+            self._db.execute("VACUUM")
+        except sqlite3.Error as e:
+            log.warning(
+                "journal %s: could not switch to incremental vacuum (%s); it keeps the space "
+                "of finished jobs for reuse instead of giving it back",
+                self.path,
+                e,
+            )
 
     def close(self) -> None:
         self._db.close()
