@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from pool_proto import pool_pb2, pool_pb2_grpc
 from pool_server.auth import Authenticator, AuthSetupError, TokenStore, reload_on_sighup
 from pool_server.bind import BindError, listen
-from pool_server.config import ServerConfig
+from pool_server.config import DEFAULT_PORT, ServerConfig
 from pool_server.journal import JOURNAL_FILE, Journal, JournalError
 from pool_server.journal_writer import JournalWriter
 from pool_server.metrics import PoolMetrics
@@ -132,9 +132,7 @@ async def _serve(config: ServerConfig) -> int:
     except BindError as e:
         log.error("%s", e)
         return EXIT_BIND_FAILED
-    state_dir = config.state_dir or port_state_dir(port)
-    if config.state_dir is None:
-        _mention_an_old_journal(token_dir, state_dir)
+    state_dir = config.state_dir or _default_state_dir(token_dir, port, config.port)
     try:
         prepare_state_dir(state_dir)
         lock = lock_state_dir(state_dir)
@@ -159,16 +157,32 @@ async def _serve(config: ServerConfig) -> int:
             await writer.close()  # after the pool: its last changes are journaled too
 
 
-def _mention_an_old_journal(root: Path, state_dir: Path) -> None:
-    """Before each port had its own, every server's journal was the state root's."""
-    if (root / JOURNAL_FILE).exists():
+def _default_state_dir(root: Path, port: int, asked: int) -> Path:
+    """``<root>/port-<port>``; but before each port had its own, every
+    server's journal was the state root's, and the server of the default
+    port (where the earlier one most likely ran) goes on with it, jobs and
+    all, until its own exists."""
+    own = port_state_dir(port)
+    old = root / JOURNAL_FILE
+    if old.exists() and port == DEFAULT_PORT and not (own / JOURNAL_FILE).exists():
+        log.info("going on with the journal an earlier version left in %s", root)
+        return root
+    if old.exists():
         log.warning(
             "%s holds the journal of an earlier version's server; this one keeps its jobs "
             "in %s (start one with --state-dir %s to read the old jobs)",
             root,
-            state_dir,
+            own,
             root,
         )
+    if asked == 0:
+        log.warning(
+            "--port 0 without --state-dir: this server's jobs are journaled in %s, which a "
+            "restart on another port does not read; give --state-dir to keep durable jobs "
+            "across restarts",
+            own,
+        )
+    return own
 
 
 async def _serve_journaled(

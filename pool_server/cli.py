@@ -13,6 +13,7 @@ from pool_server.auth import AuthSetupError, ensure_token_file, read_token_file,
 from pool_server.config import (
     AUTH_MODES,
     DEFAULT_GRACE_S,
+    DEFAULT_PORT,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_RESULT_TTL_S,
     LOG_LEVELS,
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser.add_argument(
         "--port",
         type=int,
-        default=50051,
+        default=DEFAULT_PORT,
         help="port to listen on; 0 picks a free one (default: %(default)s)",
     )
     parser.add_argument(

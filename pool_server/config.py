@@ -20,6 +20,8 @@ AUTH_MODES = ("token", "none")
 # much work is accepted up front.
 DEFAULT_QUEUE_SIZE = 100_000
 
+DEFAULT_PORT = 50051
+
 # How long finished jobs' results stay retrievable.
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600.0
 
@@ -37,7 +39,7 @@ DEFAULT_GRACE_S = 30.0
 class ServerConfig:
     workers: int = os.cpu_count() or 1
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = DEFAULT_PORT
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_queued_bytes: int = field(default_factory=default_max_queued_bytes)
     grace: float = DEFAULT_GRACE_S

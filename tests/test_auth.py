@@ -20,7 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distribute_client import AuthenticationError, Client, compute_this
 from pool_proto import pool_pb2, pool_pb2_grpc
-from pool_wire.tokens import parse_tokens
+from pool_server import app
+from pool_server.config import DEFAULT_PORT
+from pool_server.journal import JOURNAL_FILE
+from pool_wire.tokens import parse_tokens, state_root
 
 from .conftest import SERVER_COMMAND, ServerProcess, StartServer, wait_until
 
@@ -487,3 +490,25 @@ def test_servers_without_a_state_dir_keep_their_jobs_apart(tmp_path: Path) -> No
             assert proc.wait(30) == 0
             assert proc.stdout is not None
             proc.stdout.close()
+
+
+def test_the_default_port_goes_on_with_an_earlier_versions_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before each port had its own state dir, every server journaled in the
+    state root: the default port's server keeps using that journal (its
+    jobs are recovered) until it has its own; another port, or --port 0,
+    starts apart, and says where the old jobs are and what --port 0 costs."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    root = state_root()
+    root.mkdir(parents=True)
+    (root / JOURNAL_FILE).touch()
+    assert app._default_state_dir(root, DEFAULT_PORT, DEFAULT_PORT) == root
+    assert app._default_state_dir(root, 50999, 50999) == root / "port-50999"
+    assert "holds the journal of an earlier version" in caplog.text
+    assert app._default_state_dir(root, 41234, 0) == root / "port-41234"
+    assert "--port 0 without --state-dir" in caplog.text
+    (root / f"port-{DEFAULT_PORT}").mkdir()
+    (root / f"port-{DEFAULT_PORT}" / JOURNAL_FILE).touch()
+    own = root / f"port-{DEFAULT_PORT}"
+    assert app._default_state_dir(root, DEFAULT_PORT, DEFAULT_PORT) == own
