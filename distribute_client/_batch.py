@@ -56,6 +56,7 @@ from distribute_client._sync import CANCEL_WAIT_S, run_soon, run_sync
 from distribute_client._tracebacks import user_frames
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
+from pool_wire.limits import MAX_PAYLOAD_BYTES
 from pool_wire.payload import CallOutcome
 
 R = TypeVar("R")
@@ -158,7 +159,8 @@ def encode_chunks(
     """``calls`` as (number of calls, encoded chunk) pairs: one, or halves of
     it (recursively) while it pickles larger than MAX_CHUNK_BYTES. With
     ``function_apart`` (plain calls) the function travels beside each chunk,
-    sent once per stream; a journaled job must carry its own."""
+    sent once per stream, or once per Submit for a durable map's jobs, which
+    the journal keeps once for all of them."""
     chunk = _codec.encode_batch(
         remote.function,
         calls,
@@ -389,10 +391,10 @@ async def _submit_chunks(
         for chunk in encode_chunks(remote, calls[i : i + chunk_size], apart, pickled)
     ]
     for _, chunk in chunks:
-        _codec.stand_alone(chunk, remote.function.__qualname__)
+        _codec.refuse_refs(chunk, remote.function.__qualname__)
     made: list[_Chunk] = []
     try:
-        for group in _by_size(chunks):
+        for group in _by_size(chunks, len(pickled.pickled) if apart else 0):
             counts = [count for count, _ in group]
             offsets = list(itertools.accumulate(counts[:-1], initial=offset))
             offset += sum(counts)
@@ -411,15 +413,17 @@ async def _submit_chunks(
 
 
 def _by_size(
-    chunks: list[tuple[int, _codec.Encoded]],
+    chunks: list[tuple[int, _codec.Encoded]], beside: int
 ) -> Iterator[list[tuple[int, _codec.Encoded]]]:
     """The chunks in groups of at most MAX_SUBMIT_BYTES of payloads (one
-    larger chunk alone), so that no Submit nears the message limit."""
+    larger chunk alone), fewer when ``beside`` bytes (the function) travel
+    with each, so that no Submit nears the message limit."""
+    limit = min(MAX_SUBMIT_BYTES, max(MAX_PAYLOAD_BYTES - beside, 1))
     group: list[tuple[int, _codec.Encoded]] = []
     size = 0
     for chunk in chunks:
         length = len(chunk[1].payload)
-        if group and size + length > MAX_SUBMIT_BYTES:
+        if group and size + length > limit:
             yield group
             group, size = [], 0
         group.append(chunk)

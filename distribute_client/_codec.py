@@ -158,7 +158,7 @@ def encode_call(
     rest = (imported, retry_on, _source_files(function))
     files = _module_files(function, imported, modules)
     if not function_apart:
-        _stand_alone(keys, name)
+        _refuse_refs(keys, name)
         whole = CallRequest(function_bytes, argument_bytes, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
     key = function_key(function_bytes)
@@ -217,7 +217,7 @@ def encode_batch(
     rest = (imported, retry_on, _source_files(function))
     files = _module_files(function, imported, modules)
     if not function_apart:
-        _stand_alone(keys, name)
+        _refuse_refs(keys, name)
         whole = BatchRequest(function_bytes, items, *rest, module_files=files)
         return Encoded(_checked(dumps(whole), name))
     key = pickled.key or function_key(function_bytes)
@@ -236,13 +236,13 @@ def pickle_object(value: Any) -> bytes:
             ) from e
 
 
-def stand_alone(encoded: Encoded, name: str) -> None:
+def refuse_refs(encoded: Encoded, name: str) -> None:
     """Refuse a call that refers to stored objects where it must stand alone
     (a durable job: the journal outlives the server's object store)."""
-    _stand_alone(set(encoded.refs), name)
+    _refuse_refs(set(encoded.refs), name)
 
 
-def _stand_alone(keys: set[str], name: str) -> None:
+def _refuse_refs(keys: set[str], name: str) -> None:
     if keys:
         raise SerializationError(
             f"the call to {name} refers to stored objects ({', '.join(sorted(keys))}), which a "

@@ -29,7 +29,7 @@ T = TypeVar("T")
 # stops the wait at once.
 CANCEL_WAIT_S = 10.0
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a SIGINT handler may run_sync while it is held
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 

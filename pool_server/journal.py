@@ -147,6 +147,9 @@ _UNNAMED_FUNCTIONS = (
 # A job's state as the writer thread commits it: taken on the loop when the
 # job changes (the job itself goes on changing), in _UPDATE's order.
 Snapshot = tuple[object, ...]
+# A Snapshot's last two: whether the job is finished (the second time, for
+# _UPDATE's second CASE), and its id.
+_FINISHED, _ID = -2, -1
 # A new job's whole row, payload included, in _COLUMNS' order, then the
 # bytes of the function it names (None when it carries its own).
 Row = tuple[object, ...]
@@ -278,7 +281,7 @@ class Journal:
         """New jobs' rows and changes of state, in one transaction (group commit)."""
         files = self._write_payload_files(added)
         functions = {row[_FUNCTION_HASH]: row[-1] for row in added if row[-1] is not None}
-        finished = [str(entry[-1]) for entry in updates if entry[-2]]
+        finished = [str(entry[_ID]) for entry in updates if entry[_FINISHED]]
         try:
             with self._errors("job changes could not be journaled"), self._transaction():
                 self._db.executemany(

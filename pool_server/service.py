@@ -70,9 +70,7 @@ DEADLINE_MARGIN_S = 0.05
 
 
 class PoolService(pool_pb2_grpc.PoolServicer):
-    def __init__(
-        self, pool: WorkerPool, tracker: JobTracker, max_object_bytes: int = 1 << 30
-    ) -> None:
+    def __init__(self, pool: WorkerPool, tracker: JobTracker, max_object_bytes: int) -> None:
         self._pool = pool
         self._tracker = tracker
         self._functions = FunctionStore()
