@@ -56,7 +56,7 @@ from distribute_client._sync import CANCEL_WAIT_S, run_soon, run_sync
 from distribute_client._tracebacks import user_frames
 from distribute_client.errors import QueueFullError
 from pool_proto import pool_pb2
-from pool_wire.limits import MAX_PAYLOAD_BYTES
+from pool_wire.limits import MAX_LIST_LIMIT, MAX_PAYLOAD_BYTES
 from pool_wire.payload import CallOutcome
 
 R = TypeVar("R")
@@ -90,6 +90,11 @@ PENDING_CHUNKS_PER_WORKER = 2
 # A plain chunk's deadline is timeout x its calls x this: its own running
 # time plus about one earlier chunk's, which it may wait behind.
 CHUNK_DEADLINE_FACTOR = PENDING_CHUNKS_PER_WORKER
+
+# A durable map of known length has no more jobs than this, so that one
+# listing holds them all (Batch.results, as_completed): slow calls, which
+# would each be a job of its own, share chunks beyond it.
+MAX_JOBS_PER_DURABLE_MAP = MAX_LIST_LIMIT // 2
 
 # Jobs per Submit RPC (fewer if the server's queue is smaller), and payload
 # bytes at most, beside the function (a chunk larger than that goes alone).
@@ -564,7 +569,11 @@ class AsyncMap(Generic[R]):
         if self._remote.retry_on:
             fixed = 1  # a retried call must not re-run the calls beside it
         cap = min(calls_per_job(self._total, workers), self._max_in_flight)
-        sizer = ChunkSizer(cap, None if fixed is None else min(fixed, self._max_in_flight))
+        floor = 1
+        if self.batch_id is not None and self._total is not None:
+            floor = -(-self._total // MAX_JOBS_PER_DURABLE_MAP)  # its jobs fit one listing
+        fixed = None if fixed is None else min(fixed, self._max_in_flight)
+        sizer = ChunkSizer(max(cap, floor), fixed, floor)
         pending = workers * PENDING_CHUNKS_PER_WORKER
         if self.batch_id is None:
             return run_chunks(

@@ -10,7 +10,10 @@ size every chunk had before). Calls that take microseconds reach the cap at
 the first measurement; calls that take a second or more stay one per chunk.
 
 A ``chunk_size`` the caller chose (or 1, for a function with ``retry_on``)
-is used as it is, from the first chunk.
+is used as it is, from the first chunk. A durable map of known length has
+a ``floor`` besides: its jobs must fit in one job listing (``Batch.results``
+reads them from anywhere), so slow calls share chunks once there are more
+than ``_batch.MAX_JOBS_PER_DURABLE_MAP`` of them.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ class ChunkSizer:
     """The size of a map's next chunk: ``fixed`` if given, else measured,
     at most ``cap``."""
 
-    def __init__(self, cap: int, fixed: int | None = None) -> None:
+    def __init__(self, cap: int, fixed: int | None = None, floor: int = 1) -> None:
         self._cap = max(1, cap)
         self._fixed = fixed
+        self._floor = min(max(1, floor), self._cap)
         self._calls = 0
         self._seconds = 0.0
 
@@ -51,11 +55,11 @@ class ChunkSizer:
         if self._fixed is not None:
             return self._fixed
         if not self._calls:
-            return min(FIRST_CHUNK_CALLS, self._cap)
+            return max(self._floor, min(FIRST_CHUNK_CALLS, self._cap))
         per_call = self._seconds / self._calls
         if per_call * self._cap <= TARGET_CHUNK_S:
             return self._cap
-        return max(1, min(self._cap, int(TARGET_CHUNK_S / per_call)))
+        return max(self._floor, min(self._cap, int(TARGET_CHUNK_S / per_call)))
 
     def observe(self, outcomes: Iterable[CallOutcome | Returned]) -> None:
         """Count the running time of a chunk's calls."""

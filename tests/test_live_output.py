@@ -58,6 +58,11 @@ def test_chunk_sizer_aims_at_a_second() -> None:
     fast.observe([Returned(None, 0.0)])
     assert fast.size() == 100
     assert ChunkSizer(cap=100, fixed=7).size() == 7
+    # A durable map's floor: its jobs must fit one listing, however slow its calls.
+    floored = ChunkSizer(cap=100, floor=3)
+    assert floored.size() == 3
+    floored.observe([Returned(None, TARGET_CHUNK_S * 3)])
+    assert floored.size() == 3
 
 
 def _chunk_sizes(server: ServerProcess, batch_id: str) -> list[int]:
