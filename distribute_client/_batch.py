@@ -511,6 +511,7 @@ class AsyncMap(Generic[R]):
         self._chunks: Outcomes | None = None
         self._filling = False  # a fill() is under way (aclose must not close under it)
         self._ended = False
+        self._cancelled: int | None = None  # calls unfinished when its task was cancelled
         self._ready: collections.deque[tuple[CallOutcome | _codec.Returned, str]] = (
             collections.deque()
         )
@@ -519,10 +520,28 @@ class AsyncMap(Generic[R]):
         return self
 
     async def __anext__(self) -> R:
+        if not self._taken:  # iterated from asyncio code (a Map calls fill() itself)
+            _interrupt.opened(self)
         with user_frames:
             if not self._ready:
                 await self.fill()
             return self.pop()
+
+    @property
+    def busy(self) -> bool:
+        return False  # its task's cancellation has closed it already
+
+    def interrupted(self, error: KeyboardInterrupt) -> None:
+        """Ctrl-C ended the program: under ``asyncio.run`` it cancelled the
+        task iterating this map, which cancelled the map's calls; say so."""
+        if self._cancelled is None:
+            return  # not this map's interrupt (it was only left unfinished)
+        batch = f" of batch {self.batch_id}" if self.batch_id else ""
+        _interrupt.report(
+            error,
+            f"map of {self._name} interrupted: cancelled its {self._cancelled} unfinished "
+            f"call{'' if self._cancelled == 1 else 's'}{batch}",
+        )
 
     async def fill(self) -> None:
         """Wait for the next chunk's outcomes (StopAsyncIteration after the last)."""
@@ -531,9 +550,13 @@ class AsyncMap(Generic[R]):
             if self._chunks is None:
                 self._chunks = await self._start()
             outcomes, where = await anext(self._chunks)
-        except BaseException:
+        except BaseException as e:
             self._ended = True  # StopAsyncIteration, an error, or cancelled: the chunks unwound
             self._progress.close()
+            if isinstance(e, asyncio.CancelledError):
+                self._cancelled = self.unfinished
+            else:
+                _interrupt.closed(self)
             raise
         finally:
             self._filling = False

@@ -50,6 +50,15 @@ def wait_for_file(path):
 
 durable = sys.argv[3].startswith("durable")
 remote = compute_this(sys.argv[2])(wait_for_file)
+if sys.argv[3] == "async":  # async for under asyncio.run, whose Ctrl-C cancels the task
+    import asyncio
+
+    async def main():
+        async for value in remote.async_map(sys.argv[4:], chunk_size=1):
+            print("got", value, flush=True)
+
+    print("started", None, flush=True)
+    asyncio.run(main())
 if sys.argv[3] == "durable-for":  # no with: a bare for loop, interrupted in its body
     for value in remote.map(sys.argv[4:], chunk_size=1, durable=True):
         print("got", value, flush=True)
@@ -128,6 +137,30 @@ def test_ctrl_c_under_a_pipe_cancels_the_map_with_one_line(
     assert len(lines) == 1, err
     assert INTERRUPTED.fullmatch(lines[0]), err
     assert_nothing_left(server, 2, started[1] if mode == "durable" else None)
+
+
+def test_ctrl_c_under_asyncio_run_cancels_an_async_map_with_one_line(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """``async for`` over ``f.async_map`` in ``asyncio.run``: asyncio's own
+    Ctrl-C cancels the task, which cancels the map's calls; the program
+    ends with the one line, not asyncio's traceback."""
+    server = start_server("--workers", "2")
+    command = client_command(tmp_path, "pipe", server, "async")
+    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().startswith("started")
+        wait_until(lambda: all_busy(server), 30, "the map's calls to run")
+        client.send_signal(signal.SIGINT)
+        _, err = client.communicate(timeout=CLIENT_EXIT_TIMEOUT_S)
+    finally:
+        client.kill()
+        client.wait()
+    assert client.returncode == -signal.SIGINT, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and INTERRUPTED.fullmatch(lines[0]), err
+    assert_nothing_left(server, 2, None)
 
 
 def test_ctrl_c_in_the_body_of_a_bare_for_loop_cancels_a_durable_map(
