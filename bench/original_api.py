@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 
 from bench._server import pool_server
-from distribute_client import compute_this
+from bench.pool_policies import rate
 from pool_proto import challenge_pb2, challenge_pb2_grpc
 
 
@@ -70,24 +70,6 @@ async def execute_all(address: str, calls: list[bytes], in_flight: int) -> tuple
         return values, time.perf_counter() - start
 
 
-def ours_rate(address: str, calls: int, in_flight: int) -> float:
-    remote = compute_this(address)(noop)
-
-    async def run() -> float:
-        limit = asyncio.Semaphore(in_flight)
-
-        async def one(i: int) -> int:
-            async with limit:
-                return await remote.async_run(i)
-
-        await asyncio.gather(*(one(i) for i in range(50)))
-        start = time.perf_counter()
-        assert await asyncio.gather(*(one(i) for i in range(calls))) == list(range(calls))
-        return calls / (time.perf_counter() - start)
-
-    return asyncio.run(run())
-
-
 def load_test(address: str, workers: int, factor: int) -> None:
     """One round of the original's test_load.py, printed as it prints it."""
     numbers = [random.random() for _ in range(workers * factor)]
@@ -114,7 +96,7 @@ def main() -> None:
         values, elapsed = asyncio.run(execute_all(server.address, bodies, args.in_flight))
         assert values == list(range(args.calls))
         execute = args.calls / elapsed
-        ours = ours_rate(server.address, args.calls, args.in_flight)
+        ours = rate(server.address, args.calls, args.in_flight)
         print(f"no-op calls, {args.in_flight} in flight, {args.workers} workers:")
         print(f"  Execute (the original's API): {execute:8.0f} calls/s")
         print(f"  distribute_client async_run:  {ours:8.0f} calls/s ({ours / execute:.2f}x)")

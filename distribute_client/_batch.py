@@ -42,7 +42,7 @@ import functools
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Iterable, Iterator, Sized
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -405,7 +405,9 @@ async def _submit_chunks(
             offset += sum(counts)
             payloads = [chunk.payload for _, chunk in group]
             jobs = await _submit_shielded(
-                remote, payloads, counts, batch_id, offsets, pickled if apart else None
+                _submit_when_room(
+                    remote, payloads, counts, batch_id, offsets, pickled if apart else None
+                )
             )
             made += [
                 _Chunk(job, count, first, asyncio.ensure_future(job.async_outcome()))
@@ -437,17 +439,9 @@ def _by_size(
         yield group
 
 
-async def _submit_shielded(
-    remote: Mappable,
-    payloads: list[bytes],
-    counts: list[int],
-    batch_id: str,
-    offsets: list[int],
-    function: _codec.PickledFunction | None,
-) -> list[Job[Any]]:
-    submitting = asyncio.ensure_future(
-        _submit_when_room(remote, payloads, counts, batch_id, offsets, function)
-    )
+async def _submit_shielded(submission: Coroutine[Any, Any, list[Job[Any]]]) -> list[Job[Any]]:
+    """``submission``'s jobs, the Submit carried through a cancellation."""
+    submitting = asyncio.ensure_future(submission)
     try:
         return await asyncio.shield(submitting)
     except asyncio.CancelledError:

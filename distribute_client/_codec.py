@@ -14,6 +14,7 @@ do (the server has them).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -351,7 +352,9 @@ def _module_files(
     return tuple(files)
 
 
+@functools.cache
 def _in_stdlib(path: str) -> bool:
+    """Whether ``path`` is in the standard library (decided once: on every call's path)."""
     return os.path.realpath(path).startswith(_STDLIB_PREFIXES)
 
 

@@ -16,6 +16,7 @@ import pytest
 from distribute_client import CallTimeoutError, Client, as_completed, compute_this, progress
 
 from .conftest import ServerProcess
+from .test_cli import cli
 
 
 class Refused(Exception):
@@ -32,15 +33,6 @@ def report_and_return() -> str:
     progress(0.5, "second")
     progress(0.9, "last")
     return "ok"
-
-
-def cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "distribute_client.cli", "--server", server.address, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_final_progress_report_is_kept(server: ServerProcess) -> None:

@@ -139,18 +139,13 @@ def test_ctrl_c_under_a_pipe_cancels_the_map_with_one_line(
     assert_nothing_left(server, 2, started[1] if mode == "durable" else None)
 
 
-def test_ctrl_c_under_asyncio_run_cancels_an_async_map_with_one_line(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    """``async for`` over ``f.async_map`` in ``asyncio.run``: asyncio's own
-    Ctrl-C cancels the task, which cancels the map's calls; the program
-    ends with the one line, not asyncio's traceback."""
-    server = start_server("--workers", "2")
-    command = client_command(tmp_path, "pipe", server, "async")
+def interrupt_when_busy(server: ServerProcess, command: list[str], first: str) -> str:
+    """Run the client piped, SIGINT it once it printed ``first`` and every
+    worker is busy with its map, and return its stderr once it has died of it."""
     client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert client.stdout is not None
-        assert client.stdout.readline().startswith("started")
+        assert client.stdout.readline().startswith(first)
         wait_until(lambda: all_busy(server), 30, "the map's calls to run")
         client.send_signal(signal.SIGINT)
         _, err = client.communicate(timeout=CLIENT_EXIT_TIMEOUT_S)
@@ -158,6 +153,17 @@ def test_ctrl_c_under_asyncio_run_cancels_an_async_map_with_one_line(
         client.kill()
         client.wait()
     assert client.returncode == -signal.SIGINT, err
+    return err
+
+
+def test_ctrl_c_under_asyncio_run_cancels_an_async_map_with_one_line(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """``async for`` over ``f.async_map`` in ``asyncio.run``: asyncio's own
+    Ctrl-C cancels the task, which cancels the map's calls; the program
+    ends with the one line, not asyncio's traceback."""
+    server = start_server("--workers", "2")
+    err = interrupt_when_busy(server, client_command(tmp_path, "pipe", server, "async"), "started")
     lines = err.splitlines()
     assert len(lines) == 1 and INTERRUPTED.fullmatch(lines[0]), err
     assert_nothing_left(server, 2, None)
@@ -172,17 +178,7 @@ def test_ctrl_c_in_the_body_of_a_bare_for_loop_cancels_a_durable_map(
     server = start_server("--workers", "2")
     command = client_command(tmp_path, "pipe", server, "durable-for")
     command[-8] = str(tmp_path)  # the first call returns at once
-    client = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout is not None
-        assert client.stdout.readline().startswith("got")
-        wait_until(lambda: all_busy(server), 30, "the map's next jobs to run")
-        client.send_signal(signal.SIGINT)
-        _, err = client.communicate(timeout=CLIENT_EXIT_TIMEOUT_S)
-    finally:
-        client.kill()
-        client.wait()
-    assert client.returncode == -signal.SIGINT
+    err = interrupt_when_busy(server, command, "got")
     warning = DURABLE_WARNING.search(err)
     assert warning is not None, err
     lines = [line for line in err.splitlines() if not DURABLE_WARNING.search(line)]
